@@ -1,0 +1,1 @@
+"""Hearth bootstrap node: DHT server, relay, rendezvous and gossip seed."""

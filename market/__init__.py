@@ -1,0 +1,1 @@
+"""Hearth market: wire protocol, state machines, settlement, ledger and buyer SDK."""

@@ -1,0 +1,1 @@
+"""Sans-IO market protocol: messages, codec, envelope and job state machines."""

@@ -1,0 +1,1 @@
+"""Hearth node: networking, serving core, power governor and the homeowner CLI."""

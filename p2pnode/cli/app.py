@@ -1,0 +1,41 @@
+"""The ``hearth`` command line: one root app, one module per area.
+
+Each area module exposes ``register(app, bench)`` and adds its commands to the root
+app and its benchmarks to ``hearth bench``. Heavy imports (torch, web3, libp2p) stay
+inside the command functions so that ``hearth --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from p2pnode.cli import chain, identity, market, net, power, serving, sim
+
+app = typer.Typer(
+    name="hearth",
+    help=(
+        "Hearth: a peer-to-peer market for AI inference on home GPUs.\n\n"
+        "Homeowners run `hearth node`; buyers use `hearth submit`, the Python SDK or "
+        "`hearth gateway` (OpenAI-compatible); bootstrap operators run `hearth bootstrap`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench = typer.Typer(
+    help="Benchmarks: each prints a table, or one JSON object with --json.",
+    no_args_is_help=True,
+)
+app.add_typer(bench, name="bench")
+
+for _area in (identity, serving, chain, sim, net, market, power):
+    _area.register(app, bench)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

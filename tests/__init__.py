@@ -1,0 +1,1 @@
+"""Hearth test suite (mirrors the packages)."""
