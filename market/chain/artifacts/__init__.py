@@ -1,0 +1,1 @@
+"""Compiled contract artifacts (ABI + bytecode JSON), written by ``python -m market.chain.compile``."""
