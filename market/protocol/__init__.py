@@ -4,6 +4,25 @@ The public names below are re-exported from private-ish modules; import them fro
 here (``from market.protocol import Bid, encode, decode``).
 """
 
+from market.protocol.codec import (
+    MAX_FRAME,
+    WIRE_VERSION,
+    decode,
+    decode_frame,
+    encode,
+    encode_frame,
+)
+from market.protocol.envelope import (
+    DEFAULT_TTL_MS,
+    ENVELOPE_DOMAIN,
+    MAX_CLOCK_SKEW_MS,
+    MAX_TTL_MS,
+    Envelope,
+    ReplayGuard,
+    Sealed,
+    seal,
+    unseal,
+)
 from market.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from market.protocol.messages import (
     MESSAGE_TYPES,
@@ -38,9 +57,17 @@ from market.protocol.messages import (
     cost_of,
     register,
 )
+from market.protocol.peerid import ed25519_key_from_peer_id, peer_id_from_ed25519
+from market.protocol.signing import SigningKey, verify_ed25519
 
 __all__ = [
+    "DEFAULT_TTL_MS",
+    "ENVELOPE_DOMAIN",
+    "MAX_CLOCK_SKEW_MS",
+    "MAX_FRAME",
+    "MAX_TTL_MS",
     "MESSAGE_TYPES",
+    "WIRE_VERSION",
     "Accept",
     "Amount",
     "Award",
@@ -50,6 +77,7 @@ __all__ = [
     "Decline",
     "DeclineReason",
     "EndOfStream",
+    "Envelope",
     "Error",
     "ErrorCode",
     "EthAddress",
@@ -68,10 +96,22 @@ __all__ = [
     "Prompt",
     "ProtocolError",
     "RemoteProtocolError",
+    "ReplayGuard",
     "Rfq",
     "SamplingParams",
+    "Sealed",
+    "SigningKey",
     "TokenChunk",
     "Voucher",
     "cost_of",
+    "decode",
+    "decode_frame",
+    "ed25519_key_from_peer_id",
+    "encode",
+    "encode_frame",
+    "peer_id_from_ed25519",
     "register",
+    "seal",
+    "unseal",
+    "verify_ed25519",
 ]
