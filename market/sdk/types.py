@@ -1,0 +1,126 @@
+"""What a buyer gets back: generation parameters, streamed chunks, the final result, errors.
+
+These types are shared by the SDK client, the ``hearth submit`` CLI and the
+OpenAI-compatible gateway, so that all three speak about a job the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Chunk",
+    "GenerationParams",
+    "HearthError",
+    "InsufficientFundsError",
+    "JobFailedError",
+    "NoBidsError",
+    "ProviderShare",
+    "Result",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenerationParams:
+    """Sampling parameters for one job; the defaults give greedy, reproducible text."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs_top_k: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 1 <= self.max_tokens <= 1_000_000:
+            problems.append(f"max_tokens must be in 1..1000000, got {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 5.0:
+            problems.append(f"temperature must be in 0..5, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0, got {self.top_k}")
+        if len(self.stop) > 4 or any(not s for s in self.stop):
+            problems.append("stop takes at most 4 non-empty strings")
+        if not 0 <= self.logprobs_top_k <= 20:
+            problems.append(f"logprobs_top_k must be in 0..20, got {self.logprobs_top_k}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Chunk:
+    """A piece of streamed output, as it arrived from the provider serving the job."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    provider: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProviderShare:
+    """What one provider delivered for a job and what it was paid (token base units)."""
+
+    peer_id: str
+    address: str
+    tokens: int
+    amount: int
+    price_per_1k: int
+    result_commitment: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """The final account of a job: text, token counts, cost and who was paid what."""
+
+    job_id: str
+    model_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+    shares: tuple[ProviderShare, ...] = field(default_factory=tuple)
+    failovers: int = 0
+    award_ms: float = 0.0
+    ttft_ms: float = 0.0
+
+    @property
+    def provider(self) -> str:
+        """The peer that delivered the last tokens (the one that finished the job)."""
+        return self.shares[-1].peer_id if self.shares else ""
+
+
+class HearthError(Exception):
+    """Base class of every error the buyer-side API raises on purpose."""
+
+
+class NoBidsError(HearthError):
+    """Nobody bid: ``reasons`` maps each provider that answered to why it declined."""
+
+    def __init__(self, model: str, reasons: dict[str, str]) -> None:
+        self.model = model
+        self.reasons = dict(reasons)
+        if reasons:
+            detail = "; ".join(f"{peer[-8:]}: {why}" for peer, why in sorted(reasons.items()))
+            msg = f"no provider bid for model {model!r} ({detail})"
+        else:
+            msg = f"no provider bid for model {model!r}: no provider of it answered"
+        super().__init__(msg)
+
+
+class JobFailedError(HearthError):
+    """The job started but could not be finished by any provider."""
+
+    def __init__(self, reason: str, partial: Result | None = None) -> None:
+        self.reason = reason
+        self.partial = partial
+        super().__init__(f"job failed: {reason}")
+
+
+class InsufficientFundsError(HearthError):
+    """The buyer's deposit cannot cover the job's worst-case cost."""
