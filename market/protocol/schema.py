@@ -18,8 +18,10 @@ jobs, so validation, encoding and decoding can never disagree:
 * ``to_wire(value)`` — the msgpack-ready form (structs become maps in declaration
   order, tuples become arrays, enums their string value, wide ints 32-byte
   big-endian ``bytes``, floats always ``float``);
-* ``from_wire(raw)`` — the inverse, checking only what the conversion needs; the
-  object it then builds validates itself, and the codec turns any failure into a
+* ``from_wire(raw)`` — the inverse, checking the shapes the conversion needs;
+  :func:`struct_from_wire` then runs ``check`` on each converted field and the
+  class's ``_invariant``, raising :class:`Invalid` with a dotted path
+  (``gpus[0].vram_mb``) that the codec turns into a
   :class:`~market.protocol.errors.RemoteProtocolError`.
 
 Supported annotations: ``int`` (needs :class:`Range`; add :data:`WIDE` for
@@ -368,7 +370,9 @@ class WireStruct:
 
     Subclasses are ``@dataclass(frozen=True, slots=True, kw_only=True)``; their
     field rules live in the annotations. Cross-field rules go in
-    :meth:`_invariant`, which returns an error text or ``None``.
+    :meth:`_invariant`, which returns an error text or ``None``. Do not define a
+    ``__post_init__`` in a subclass: the decoder builds objects without calling it
+    (after running the very same checks), so logic there would be skipped.
     """
 
     __slots__ = ()
@@ -435,17 +439,23 @@ def struct_from_wire(cls: type[S], raw: Any) -> S:
         if missing:
             parts.append("missing field(s) " + ", ".join(missing[:5]))
         raise Invalid(f"{cls.__name__}: " + "; ".join(parts))
-    kwargs: dict[str, Any] = {}
+    obj = object.__new__(cls)
     for s in specs:
+        node = s.node
         try:
-            kwargs[s.name] = s.node.from_wire(raw[s.name])
+            value = node.from_wire(raw[s.name])
+            node.check(value)
         except Invalid as e:
             e.path.append(s.name)
             raise
-    try:
-        return cls(**kwargs)
-    except LocalProtocolError as e:
-        raise Invalid(e.reason) from None
+        object.__setattr__(obj, s.name, value)
+    # Fields are checked above; building through object.__new__ skips the second,
+    # redundant check that __post_init__ would run. Subclasses must therefore put
+    # cross-field rules in _invariant, never in a __post_init__ of their own.
+    reason = obj._invariant()
+    if reason is not None:
+        raise Invalid(reason)
+    return obj
 
 
 # ---------------------------------------------------------------- compilation
