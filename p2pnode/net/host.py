@@ -1,0 +1,436 @@
+"""The node's network layer: one hardened libp2p host behind a small async API.
+
+Use it as::
+
+    async with open_node_host(key_pair, NetConfig(bootstrap=(...,))) as net:
+        offers = net.subscribe(offers_topic(), check=decode_offer)
+        await net.publish(offers_topic(), encoded_offer)
+        net.set_handler("/hearth/bid/1", handle_bid)      # async fn(FramedStream)
+        async with net.open_stream(peer_id, "/hearth/bid/1") as fs:
+            await fs.send(rfq_bytes)
+            reply = await fs.receive(timeout=5)
+
+What it guarantees (each a py-libp2p 0.8.1 sharp edge, absorbed here):
+
+* TCP + Noise + Yamux only: the upgrader knows no plaintext, secio, TLS or mplex, so a
+  dialer offering only those fails negotiation.
+* No exception from any inbound stream — protocol negotiation, identify, DHT, relay,
+  rendezvous, ``/meshsub/*`` or our handlers — reaches the host: the swarm's common
+  stream handler is wrapped (:func:`_guard_inbound`) and pubsub is
+  :class:`~p2pnode.net.pubsub.HardenedPubsub`.
+* Connection reuse: streams ride the existing connection; :meth:`NodeNet.protect`
+  keeps (and re-dials) connections to peers in active trade.
+* Clean stop: on exit every listener and connection is closed explicitly — the port is
+  free afterwards (tested with a probe).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2pnode.net.config import NetConfig
+from p2pnode.net.discovery import Discovery
+from p2pnode.net.errors import DialFailed, NetError, PublishTooLarge
+from p2pnode.net.framing import FramedStream
+from p2pnode.net.peercache import PeerCache
+from p2pnode.net.pubsub import (
+    GossipMessage,
+    HardenedPubsub,
+    PayloadCheck,
+    build_gossipsub,
+    make_validator,
+)
+
+__all__ = ["NodeNet", "StreamHandler", "open_node_host"]
+
+logger = logging.getLogger(__name__)
+
+StreamHandler = Callable[[FramedStream], Awaitable[None]]
+"""An application stream handler: gets a running FramedStream, may raise anything."""
+
+
+def build_host(key_pair: KeyPair, cfg: NetConfig) -> Any:
+    """A BasicHost restricted to TCP + Noise + Yamux (no plaintext/secio/TLS/mplex)."""
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=[multiaddr.Multiaddr(a) for a in cfg.listen],
+        announce_addrs=[multiaddr.Multiaddr(a) for a in cfg.announce] or None,
+        enable_tcp=True,
+    )
+
+
+def _guard_inbound(host: Any, on_error: Callable[[ID, BaseException], None]) -> None:
+    """Wrap the swarm's common stream handler: nothing inbound can stop the host."""
+    network = host.get_network()
+    inner = network.common_stream_handler
+
+    async def guarded(stream: Any) -> None:
+        try:
+            await inner(stream)
+        except Exception as e:
+            try:
+                peer = stream.muxed_conn.peer_id
+            except Exception:
+                peer = ID(b"unknown")
+            on_error(peer, e)
+            try:
+                await stream.reset()
+            except Exception:
+                logger.debug("reset after handler error failed", exc_info=True)
+
+    network.set_stream_handler(guarded)
+
+
+class NodeNet:
+    """A running node host: gossip, framed streams, discovery. Made by open_node_host."""
+
+    def __init__(self, host: Any, pubsub: HardenedPubsub, cfg: NetConfig) -> None:
+        self.host = host
+        self.pubsub = pubsub
+        self.cfg = cfg
+        self.discovery: Discovery | None = None
+        self.errors: Counter[str] = Counter()
+        self._protected: set[ID] = set()
+        self._peer_cache = PeerCache.load(cfg.peer_cache) if cfg.peer_cache else None
+        self._nursery: trio.Nursery | None = None
+        self.relay_addrs: list[str] = []
+
+    # -- identity ----------------------------------------------------------------------
+    @property
+    def peer_id(self) -> str:
+        """Our peer id, base58 (``12D3Koo…`` for ed25519)."""
+        return str(self.host.get_id().to_base58())
+
+    @property
+    def addrs(self) -> list[str]:
+        """Our dialable addresses, each ending in ``/p2p/<peer id>`` (relayed ones too)."""
+        own = [str(a) for a in self.host.get_addrs()]
+        suffix = f"/p2p/{self.peer_id}"
+        out = [a if a.endswith(suffix) else a + suffix for a in own]
+        return out + [a for a in self.relay_addrs if a not in out]
+
+    def connected_peers(self) -> list[str]:
+        """Peer ids with at least one open connection."""
+        return sorted(p.to_base58() for p in self.host.get_network().connections)
+
+    # -- connections -------------------------------------------------------------------
+    async def connect(self, addr: str, timeout: float | None = None) -> str:
+        """Dial ``addr`` (``…/p2p/<id>``) unless already connected; returns the peer id."""
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as e:
+            raise DialFailed(f"not a dialable peer address: {addr!r} ({e})") from e
+        await self._connect_info(info, timeout)
+        return str(info.peer_id.to_base58())
+
+    async def _connect_info(self, info: PeerInfo, timeout: float | None = None) -> None:
+        if info.peer_id == self.host.get_id():
+            return
+        if self.host.get_network().connections.get(info.peer_id):
+            return
+        try:
+            with trio.fail_after(timeout or self.cfg.dial_timeout):
+                await self.host.connect(info)
+        except trio.TooSlowError as e:
+            raise DialFailed(f"dial to {info.peer_id} timed out") from e
+        except Exception as e:
+            raise DialFailed(f"dial to {info.peer_id} failed: {e!r}") from e
+
+    def protect(self, peer_id: str) -> None:
+        """Keep a connection to ``peer_id`` open (re-dialled if lost) while trading."""
+        self._protected.add(ID.from_base58(peer_id))
+
+    def unprotect(self, peer_id: str) -> None:
+        """Stop keeping ``peer_id``'s connection alive."""
+        self._protected.discard(ID.from_base58(peer_id))
+
+    # -- gossip ------------------------------------------------------------------------
+    def set_topic_check(self, topic: str, check: PayloadCheck | None) -> None:
+        """Validate every message on ``topic`` (also those we only forward) with ``check``."""
+        validator = make_validator(check, self.pubsub.cfg, self.pubsub.stats)
+        self.pubsub.set_topic_validator(topic, validator, is_async_validator=False)
+
+    async def subscribe(
+        self, topic: str, check: PayloadCheck | None = None
+    ) -> trio.MemoryReceiveChannel[GossipMessage]:
+        """Join ``topic``; returns a channel of validated messages from other peers.
+
+        ``check(data)`` should decode with the wire format and raise on anything invalid;
+        invalid messages are never delivered or forwarded and their sender loses score.
+        The channel buffers ``GossipConfig.subscription_buffer`` messages; overflow is
+        counted in ``stats()["pubsub"]["dropped_full"]``, never silent.
+        """
+        self.set_topic_check(topic, check)
+        receive = self.pubsub.open_channel(topic)
+        await self.pubsub.subscribe(topic)
+        return receive
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Leave ``topic``; its channels are closed."""
+        for send in self.pubsub._channels.pop(topic, []):
+            await send.aclose()
+        await self.pubsub.unsubscribe(topic)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Sign and publish ``data``; raises PublishTooLarge over the size guard."""
+        limit = self.pubsub.cfg.max_message_bytes
+        if len(data) > limit:
+            raise PublishTooLarge(
+                f"gossip payload of {len(data)} bytes exceeds the {limit}-byte limit "
+                f"on {topic!r}; send large data over a stream instead"
+            )
+        await self.pubsub.publish(topic, data)
+
+    def mesh_size(self, topic: str) -> int:
+        """Number of mesh peers on ``topic`` (0 before the first heartbeat)."""
+        return len(getattr(self.pubsub.router, "mesh", {}).get(topic, ()))
+
+    def topic_peers(self, topic: str) -> int:
+        """Number of connected peers known to be subscribed to ``topic``."""
+        return len(self.pubsub.peer_topics.get(topic, ()))
+
+    # -- streams -----------------------------------------------------------------------
+    def set_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol``: each inbound stream runs ``handler(FramedStream)``.
+
+        Heartbeats run for the handler's lifetime; any exception it raises is logged,
+        counted in ``stats()["handler_errors"]``, answered with an ERROR frame when
+        the stream still works, and never reaches the host.
+        """
+
+        async def raw_handler(stream: Any) -> None:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            fs = FramedStream(stream, limits=self.cfg.stream, peer_id=peer, protocol=protocol)
+            try:
+                async with fs:
+                    await handler(fs)
+            except Exception as e:
+                self.errors[f"handler:{protocol}:{type(e).__name__}"] += 1
+                logger.info("handler for %s from %s failed: %r", protocol, peer, e)
+                if not fs._closed:
+                    with trio.move_on_after(1):
+                        try:
+                            await fs.send_error(f"{type(e).__name__}")
+                        except NetError:
+                            pass
+                await fs.reset()
+
+        self.host.set_stream_handler(TProtocol(protocol), raw_handler)
+
+    @asynccontextmanager
+    async def open_stream(
+        self, peer_id: str, protocol: str, timeout: float | None = None
+    ) -> AsyncIterator[FramedStream]:
+        """Open a framed stream to ``peer_id`` (reusing the connection if one exists).
+
+        Yields a running :class:`FramedStream` (heartbeats on); on exit the stream is
+        closed, or reset if the block raised. Raises :class:`DialFailed` when no stream
+        could be opened within ``timeout`` (default ``NetConfig.dial_timeout``).
+        """
+        pid = ID.from_base58(peer_id)
+        try:
+            with trio.fail_after(timeout or self.cfg.dial_timeout):
+                raw = await self.host.new_stream(pid, [TProtocol(protocol)])
+        except trio.TooSlowError as e:
+            raise DialFailed(f"opening {protocol} to {peer_id} timed out") from e
+        except Exception as e:
+            raise DialFailed(f"opening {protocol} to {peer_id} failed: {e!r}") from e
+        async with FramedStream(
+            raw, limits=self.cfg.stream, peer_id=peer_id, protocol=protocol
+        ) as fs:
+            yield fs
+
+    # -- discovery (delegates) ---------------------------------------------------------
+    async def provide(self, model_id: str) -> None:
+        """Announce that we serve ``model_id`` (DHT provider record + rendezvous)."""
+        if self.discovery is not None:
+            await self.discovery.provide(model_id)
+
+    async def find_providers(self, model_id: str, limit: int = 20) -> list[str]:
+        """Peer ids that announced ``model_id`` (DHT and rendezvous, merged)."""
+        if self.discovery is None:
+            return []
+        return await self.discovery.find_providers(model_id, limit)
+
+    # -- metrics -----------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters for /metrics and the benchmarks."""
+        ps = self.pubsub.stats
+        return {
+            "peers": len(self.host.get_network().connections),
+            "pubsub": {
+                "delivered": ps.delivered,
+                "dropped_full": ps.dropped_full,
+                "invalid": ps.invalid,
+                "malformed_frames": ps.malformed_frames,
+                "handler_errors": ps.handler_errors,
+                "blacklisted": ps.blacklisted,
+                "offences": dict(ps.offences),
+            },
+            "errors": dict(self.errors),
+            "protected": len(self._protected),
+        }
+
+    # -- background loops --------------------------------------------------------------
+    async def _join(self, bootstrap: Sequence[str]) -> int:
+        """Dial bootstraps (and cached peers) concurrently; returns how many answered."""
+        targets: list[PeerInfo] = []
+        for addr in bootstrap:
+            try:
+                targets.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+            except Exception as e:
+                logger.warning("ignoring bad bootstrap address %r: %r", addr, e)
+        if self._peer_cache is not None:
+            for pid, addrs in self._peer_cache.most_recent(16):
+                try:
+                    maddrs = [multiaddr.Multiaddr(a) for a in addrs]
+                    targets.append(PeerInfo(ID.from_base58(pid), maddrs))
+                except Exception:
+                    continue
+        ok = 0
+
+        async def dial(info: PeerInfo) -> None:
+            nonlocal ok
+            try:
+                await self._connect_info(info)
+                ok += 1
+            except DialFailed as e:
+                logger.info("join: %s", e)
+
+        async with trio.open_nursery() as n:
+            for info in targets:
+                n.start_soon(dial, info)
+        return ok
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.keepalive_interval)
+            for pid in list(self._protected):
+                if not self.host.get_network().connections.get(pid):
+                    addrs = self.host.get_peerstore().addrs(pid)
+                    try:
+                        await self._connect_info(PeerInfo(pid, addrs))
+                    except (DialFailed, Exception) as e:
+                        logger.info("keepalive redial of %s failed: %r", pid, e)
+
+    def _remember_connected(self) -> None:
+        if self._peer_cache is None:
+            return
+        store = self.host.get_peerstore()
+        me = self.host.get_id()
+        for pid in list(self.host.get_network().connections):
+            if pid == me:
+                continue
+            try:
+                addrs = [str(a) for a in store.addrs(pid)]
+            except Exception:
+                continue
+            self._peer_cache.remember(pid.to_base58(), addrs, time.time())
+
+    async def _cache_loop(self) -> None:
+        while True:
+            await trio.sleep(self.cfg.cache_save_interval)
+            self.save_peer_cache()
+
+    def save_peer_cache(self) -> None:
+        """Persist the currently connected peers (called periodically and at stop)."""
+        if self._peer_cache is None:
+            return
+        self._remember_connected()
+        try:
+            self._peer_cache.save()
+        except OSError as e:
+            logger.warning("could not save peer cache: %r", e)
+
+
+async def _close_network(host: Any) -> None:
+    """Close every connection and listener explicitly (py-libp2p may leave them open)."""
+    network = host.get_network()
+    with trio.move_on_after(5):
+        try:
+            await network.close()
+        except Exception:
+            logger.debug("swarm close failed", exc_info=True)
+    for listener in list(getattr(network, "listeners", {}).values()):
+        try:
+            await listener.close()
+        except Exception:
+            logger.debug("listener close failed", exc_info=True)
+
+
+@asynccontextmanager
+async def open_node_host(
+    key_pair: KeyPair, config: NetConfig | None = None, *, bootstrap_services: bool = False
+) -> AsyncIterator[NodeNet]:
+    """Start a hardened host, join the network, yield a :class:`NodeNet`; stop cleanly.
+
+    ``bootstrap_services`` also runs the server side of rendezvous and (with
+    ``config.relay == "hop"``) circuit relay — used by :mod:`bootstrap`.
+    """
+    cfg = config or NetConfig()
+    host = build_host(key_pair, cfg)
+    router = build_gossipsub(cfg.gossip)
+    pubsub = HardenedPubsub(host, router, cfg.gossip)
+    net = NodeNet(host, pubsub, cfg)
+
+    def on_inbound_error(peer: ID, e: BaseException) -> None:
+        net.errors[f"inbound:{type(e).__name__}"] += 1
+        logger.info("inbound stream from %s failed: %r", peer, e)
+        try:
+            pubsub.penalise(peer, f"stream:{type(e).__name__}", 5.0)
+        except Exception:
+            logger.debug("penalise failed", exc_info=True)
+
+    discovery = Discovery(net, cfg, serve_rendezvous=bootstrap_services or cfg.rendezvous_server)
+    net.discovery = discovery
+    from p2pnode.net.relay import RelaySetup
+
+    relay = RelaySetup(net, cfg)
+    relay.install()
+    _guard_inbound(host, on_inbound_error)
+
+    try:
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(host.run([multiaddr.Multiaddr(a) for a in cfg.listen]))
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+            await pubsub.wait_until_ready()
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            net._nursery = nursery
+            await discovery.start(stack)
+            await relay.start(stack, nursery)
+            await net._join(cfg.bootstrap)
+            await discovery.after_join(cfg.bootstrap)
+            await relay.after_join(cfg.bootstrap)
+            nursery.start_soon(net._keepalive_loop)
+            nursery.start_soon(net._cache_loop)
+            try:
+                yield net
+            finally:
+                net.save_peer_cache()
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await _close_network(host)
