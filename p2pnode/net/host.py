@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 import multiaddr
@@ -231,10 +231,8 @@ class NodeNet:
                 logger.info("handler for %s from %s failed: %r", protocol, peer, e)
                 if not fs._closed:
                     with trio.move_on_after(1):
-                        try:
+                        with suppress(NetError):
                             await fs.send_error(f"{type(e).__name__}")
-                        except NetError:
-                            pass
                 await fs.reset()
 
         self.host.set_stream_handler(TProtocol(protocol), raw_handler)
