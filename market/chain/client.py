@@ -1,0 +1,348 @@
+"""A synchronous, typed, retrying web3 client that signs locally.
+
+:class:`ChainClient` wraps one ``Web3`` connection and (optionally) one private key.
+Transactions are built, gas-estimated and signed here and sent raw, so keys never reach
+the node. It keeps its own nonce counter (one client per key and process), retries
+transport failures with exponential back-off, waits for receipts with a small
+``poll_latency`` (web3's default 0.1 s halves throughput on a dev chain) and turns every
+revert into :class:`~market.chain.errors.ContractReverted`, whichever backend said it.
+
+It is synchronous on purpose: web3's async API does not run under trio. Call it from
+trio through :class:`market.chain.aio.TrioChain` (one thread limiter), never directly
+from async code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+
+from market.chain.abi import load_artifact
+from market.chain.errors import (
+    ChainError,
+    ChainUnavailable,
+    ContractReverted,
+    TransactionDropped,
+    decode_revert_data,
+    revert_from_exception,
+)
+
+__all__ = ["ChainClient", "NonceManager", "Receipt", "SignedTx"]
+
+T = TypeVar("T")
+
+_TRANSIENT_NAMES = {
+    "ConnectionError",
+    "Timeout",
+    "ReadTimeout",
+    "ConnectTimeout",
+    "ChunkedEncodingError",
+}
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    return type(exc).__name__ in _TRANSIENT_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTx:
+    """A locally signed transaction, ready to (re)broadcast."""
+
+    raw: bytes
+    tx_hash: bytes
+    nonce: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The parts of a transaction receipt callers need (``raw`` holds the rest)."""
+
+    tx_hash: bytes
+    status: int
+    gas_used: int
+    block_number: int
+    contract_address: str | None
+    raw: Any
+
+
+class NonceManager:
+    """Hands out consecutive nonces for one sender, thread-safely.
+
+    It starts from the node's *pending* count and counts locally from there; after a
+    failed send, :meth:`resync` re-reads the node so a gap never blocks later sends.
+    """
+
+    def __init__(self, fetch: Callable[[], int]) -> None:
+        self._fetch = fetch
+        self._next: int | None = None
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            if self._next is None:
+                self._next = self._fetch()
+            n = self._next
+            self._next += 1
+            return n
+
+    def resync(self) -> None:
+        with self._lock:
+            self._next = None
+
+
+class ChainClient:
+    """Typed access to one chain for one (optional) signing key.
+
+    ``private_key`` is the raw 32-byte key (or hex); pass ``None`` for a read-only
+    client. ``poll_latency`` is the receipt polling interval in seconds.
+    """
+
+    def __init__(
+        self,
+        w3: Web3,
+        private_key: bytes | str | None = None,
+        *,
+        poll_latency: float = 0.01,
+        receipt_timeout: float = 120.0,
+        retries: int = 4,
+        backoff_s: float = 0.2,
+        gas_margin: float = 1.25,
+    ) -> None:
+        self.w3 = w3
+        self.poll_latency = poll_latency
+        self.receipt_timeout = receipt_timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.gas_margin = gas_margin
+        self._account: LocalAccount | None = (
+            Account.from_key(private_key) if private_key is not None else None
+        )
+        self._chain_id: int | None = None
+        self.nonces = NonceManager(
+            lambda: self._retry(lambda: w3.eth.get_transaction_count(self.address, "pending"))
+        )
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def address(self) -> str:
+        """The signer's checksummed address."""
+        if self._account is None:
+            raise ChainError("this client has no signing key")
+        return str(self._account.address)
+
+    @property
+    def address_bytes(self) -> bytes:
+        return bytes.fromhex(self.address[2:])
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:
+            self._chain_id = int(self._retry(lambda: self.w3.eth.chain_id))
+        return self._chain_id
+
+    def with_key(self, private_key: bytes | str) -> ChainClient:
+        """Another client on the same connection, signing with `private_key`."""
+        other = ChainClient(
+            self.w3,
+            private_key,
+            poll_latency=self.poll_latency,
+            receipt_timeout=self.receipt_timeout,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            gas_margin=self.gas_margin,
+        )
+        other._chain_id = self._chain_id
+        return other
+
+    # ------------------------------------------------------------ plumbing
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                if attempt == self.retries:
+                    raise ChainUnavailable(
+                        f"node unreachable after {attempt + 1} tries: {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _reverts(self, fn: Callable[[], T]) -> T:
+        try:
+            return self._retry(fn)
+        except ChainError:
+            raise
+        except Exception as exc:
+            revert = revert_from_exception(exc)
+            if revert is None:
+                raise
+            raise revert from None
+
+    def contract(self, name: str, address: str | bytes) -> Contract:
+        """A web3 contract object for artifact `name` at `address`."""
+        if isinstance(address, bytes):
+            address = Web3.to_checksum_address(address)
+        return self.w3.eth.contract(
+            address=Web3.to_checksum_address(address), abi=load_artifact(name).abi
+        )
+
+    # --------------------------------------------------------------- reads
+
+    def call(self, fn: ContractFunction, block: int | str = "latest") -> Any:
+        """Run a view/pure function (or dry-run any function) and return its result."""
+        sender = {"from": self.address} if self._account is not None else {}
+        return self._reverts(lambda: fn.call(sender, block_identifier=block))
+
+    def block_number(self) -> int:
+        return int(self._retry(lambda: self.w3.eth.block_number))
+
+    def timestamp(self) -> int:
+        """The latest block's timestamp."""
+        return int(self._retry(lambda: self.w3.eth.get_block("latest"))["timestamp"])
+
+    # -------------------------------------------------------------- writes
+
+    def sign(
+        self,
+        fn: ContractFunction | None = None,
+        *,
+        tx: dict[str, Any] | None = None,
+        gas: int | None = None,
+    ) -> SignedTx:
+        """Estimate gas (surfacing reverts as :class:`ContractReverted`), take a nonce
+        and sign locally. Nothing is sent."""
+        if self._account is None:
+            raise ChainError("this client has no signing key")
+        base: dict[str, Any] = {"from": self.address, "chainId": self.chain_id}
+        if fn is not None:
+            if gas is None:
+                gas = int(self._reverts(lambda: fn.estimate_gas(base)) * self.gas_margin)
+            base["gas"] = gas
+            params = self._reverts(lambda: fn.build_transaction({**base, "nonce": 0}))
+        else:
+            params = {**base, **(tx or {})}
+            if gas is None:
+                gas = int(self._reverts(lambda: self.w3.eth.estimate_gas(params)) * self.gas_margin)
+            params["gas"] = gas
+            if "maxFeePerGas" not in params and "gasPrice" not in params:
+                params.update(self._fees())
+        params["nonce"] = self.nonces.take()
+        signed = self._account.sign_transaction(params)
+        return SignedTx(
+            bytes(signed.raw_transaction), bytes(signed.hash), params["nonce"], self.address
+        )
+
+    def _fees(self) -> dict[str, int]:
+        base_fee = int(self._retry(lambda: self.w3.eth.get_block("latest")).get("baseFeePerGas", 0))
+        tip = 10**9
+        return {"maxPriorityFeePerGas": tip, "maxFeePerGas": 2 * base_fee + tip}
+
+    def broadcast(self, signed: SignedTx) -> bytes:
+        """Send a signed transaction; re-sending one the node already knows is fine."""
+        try:
+            self._retry(lambda: self.w3.eth.send_raw_transaction(signed.raw))
+        except Exception as exc:
+            text = str(exc).lower()
+            if "already known" in text or "already imported" in text or "known transaction" in text:
+                return signed.tx_hash
+            if "nonce" in text:
+                self.nonces.resync()
+            revert = revert_from_exception(exc)
+            if revert is not None:
+                raise revert from None
+            raise
+        return signed.tx_hash
+
+    def receipt(self, tx_hash: bytes) -> Receipt | None:
+        """The receipt of `tx_hash`, or ``None`` if it is not mined (yet)."""
+        from web3.exceptions import TransactionNotFound
+
+        try:
+            raw = self._retry(lambda: self.w3.eth.get_transaction_receipt(tx_hash))
+        except TransactionNotFound:
+            return None
+        if raw is None:
+            return None
+        return Receipt(
+            tx_hash=bytes(raw["transactionHash"]),
+            status=int(raw["status"]),
+            gas_used=int(raw["gasUsed"]),
+            block_number=int(raw["blockNumber"]),
+            contract_address=raw.get("contractAddress"),
+            raw=raw,
+        )
+
+    def wait(self, tx_hash: bytes, timeout: float | None = None) -> Receipt:
+        """Poll until `tx_hash` is mined; raise :class:`ContractReverted` if it failed."""
+        deadline = time.monotonic() + (self.receipt_timeout if timeout is None else timeout)
+        while True:
+            rec = self.receipt(tx_hash)
+            if rec is not None:
+                break
+            if time.monotonic() > deadline:
+                raise TransactionDropped(tx_hash, f"no receipt for 0x{tx_hash.hex()}")
+            time.sleep(self.poll_latency)
+        if rec.status != 1:
+            raise self._explain_failure(rec)
+        return rec
+
+    def _explain_failure(self, rec: Receipt) -> ContractReverted:
+        """Replay a failed transaction at its block to recover the revert data."""
+        tx = self._retry(lambda: self.w3.eth.get_transaction(rec.tx_hash))
+        call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
+        try:
+            self.w3.eth.call(call, block_identifier=rec.block_number - 1)
+        except Exception as exc:
+            revert = revert_from_exception(exc)
+            if revert is not None:
+                revert.tx_hash = rec.tx_hash
+                return revert
+        return decode_revert_data(b"", rec.tx_hash)
+
+    def transact(self, fn: ContractFunction, *, gas: int | None = None) -> Receipt:
+        """Sign, send and wait for `fn`; the mined receipt, or :class:`ContractReverted`."""
+        return self.wait(self.broadcast(self.sign(fn, gas=gas)))
+
+    def send_value(self, to: str | bytes, wei: int) -> Receipt:
+        """Send `wei` of the chain's native coin."""
+        if isinstance(to, bytes):
+            to = Web3.to_checksum_address(to)
+        return self.wait(self.broadcast(self.sign(tx={"to": to, "value": wei}, gas=21_000)))
+
+    def deploy(self, name: str, *args: Any) -> str:
+        """Deploy artifact `name` with constructor `args`; return its checksummed address."""
+        art = load_artifact(name)
+        factory = self.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+        rec = self.transact(factory.constructor(*args))
+        if not rec.contract_address:
+            raise ChainError(f"deploying {name} produced no contract address")
+        return str(rec.contract_address)
+
+    # ---------------------------------------------------------- dev chains
+
+    def advance_time(self, seconds: int) -> None:
+        """Move a development chain's clock forward and mine a block (eth-tester or anvil)."""
+        tester = getattr(self.w3.provider, "ethereum_tester", None)
+        if tester is not None:
+            tester.time_travel(self.timestamp() + seconds)
+            return
+        self.w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+        self.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
