@@ -18,13 +18,15 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from web3 import Web3
 
 from market.chain.client import ChainClient
-from market.chain.errors import ChainUnavailable
+from market.chain.errors import ChainUnavailable, RawRevertData, tester_failure_bytes
 
 __all__ = [
     "ANVIL_DEV_KEY",
@@ -61,8 +63,34 @@ def start_embedded_chain() -> EmbeddedChain:
     from web3 import EthereumTesterProvider
 
     backend = PyEVMBackend()
-    w3 = Web3(EthereumTesterProvider(EthereumTester(backend)))
+    provider = EthereumTesterProvider(EthereumTester(backend), api_endpoints=_lossless_endpoints())
+    w3 = Web3(provider)
     return EmbeddedChain(w3=w3, funded_keys=[k.to_bytes() for k in backend.account_keys])
+
+
+def _lossless_endpoints() -> dict[str, dict[str, Any]]:
+    """web3's eth-tester endpoints, except that ``eth_call`` and ``eth_estimateGas``
+    keep a revert's raw bytes (web3 would decode a custom error whose first argument is
+    a string as if it were ``Error(string)``, losing its selector)."""
+    from eth_tester.exceptions import TransactionFailed
+    from web3.providers.eth_tester.defaults import API_ENDPOINTS
+
+    def keep_bytes(delegate: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return delegate(*args, **kwargs)
+            except TransactionFailed as exc:
+                data = tester_failure_bytes(exc)
+                if data is None:
+                    raise
+                raise RawRevertData(data) from None
+
+        return wrapped
+
+    endpoints = {ns: dict(table) for ns, table in API_ENDPOINTS.items()}
+    for name in ("call", "estimateGas"):
+        endpoints["eth"][name] = keep_bytes(endpoints["eth"][name])
+    return endpoints
 
 
 def connect(rpc_url: str, timeout_s: float = 30.0) -> Web3:

@@ -12,7 +12,6 @@ every shipped contract (plus ``Error(string)`` and ``Panic(uint256)``), so calle
 from __future__ import annotations
 
 import ast
-import contextlib
 from functools import cache
 from typing import Any
 
@@ -44,6 +43,28 @@ class TransactionDropped(ChainError):
     def __init__(self, tx_hash: bytes, message: str) -> None:
         super().__init__(message)
         self.tx_hash = tx_hash
+
+
+class RawRevertData(Exception):
+    """Raw revert bytes from the embedded chain (see ``backends.start_embedded_chain``:
+    web3's eth-tester provider would otherwise decode custom errors as strings)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.data = data
+
+
+def tester_failure_bytes(exc: BaseException) -> bytes | None:
+    """The raw revert bytes inside an eth-tester ``TransactionFailed``, if any."""
+    raw: Any = exc.args[0] if exc.args else None
+    if isinstance(raw, Exception):
+        raw = raw.args[0] if raw.args else None
+    if isinstance(raw, str) and raw[:2] in ("b'", 'b"'):
+        try:
+            raw = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            return None
+    return raw if isinstance(raw, bytes) else None
 
 
 class ContractReverted(ChainError):
@@ -124,18 +145,17 @@ def revert_from_exception(exc: BaseException) -> ContractReverted | None:
 
     if isinstance(exc, ContractReverted):
         return exc
+    if isinstance(exc, RawRevertData):
+        return decode_revert_data(exc.data)
     if isinstance(exc, ContractLogicError):
         data = _hex_or_none(exc.data)
         if data:
             return decode_revert_data(data)
         return ContractReverted("Error", (str(exc.message or exc),), b"")
     if type(exc).__name__ == "TransactionFailed":  # eth_tester.exceptions.TransactionFailed
+        data = tester_failure_bytes(exc)
+        if data is not None:
+            return decode_revert_data(data)
         msg = str(exc.args[0]) if exc.args else ""
-        raw: Any = msg.removeprefix("execution reverted: ")
-        if isinstance(raw, str) and raw[:2] in ("b'", 'b"'):
-            with contextlib.suppress(ValueError, SyntaxError):
-                raw = ast.literal_eval(raw)
-        if isinstance(raw, bytes):
-            return decode_revert_data(raw)
-        return ContractReverted("Error", (raw,), b"")
+        return ContractReverted("Error", (msg.removeprefix("execution reverted: "),), b"")
     return None
