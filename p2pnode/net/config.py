@@ -32,7 +32,9 @@ class NetConfig:
     v2: ``"off"``; ``"client"`` (dial through relays, accept relayed streams);
     ``"reserve"`` (a node that cannot accept inbound connections: reserve a slot on the
     bootstrap relays and advertise the ``/p2p-circuit`` address); ``"hop"`` (be a relay,
-    used by bootstrap nodes, limited by ``relay_limits``).
+    used by bootstrap nodes, limited by ``relay_limits``). ``target_peers``: how many
+    ordinary peers to find (rendezvous namespace ``hearth/peers``) and stay connected to
+    besides the bootstraps, so gossip meshes form between nodes, not only through seeds.
     """
 
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
@@ -45,6 +47,7 @@ class NetConfig:
     rendezvous_server: bool = False
     relay: Literal["off", "client", "reserve", "hop"] = "client"
     relay_limits: RelayLimitsConfig = field(default_factory=RelayLimitsConfig)
+    target_peers: int = 8
     dial_timeout: float = 10.0
     keepalive_interval: float = 5.0
     cache_save_interval: float = 30.0

@@ -38,6 +38,9 @@ _RDV_TTL = 2 * 3600
 _QUERY_TIMEOUT = 10.0
 
 
+PEERS_NAMESPACE = "hearth/peers"
+
+
 def rendezvous_namespace(model_id: str) -> str:
     """The rendezvous namespace of one model's providers."""
     return f"hearth/model/{model_id}"
@@ -83,6 +86,76 @@ class Discovery:
                     self.net.host, info.peer_id, False
                 )
         await self._fill_routing_table()
+        assert self.net._nursery is not None
+        if self._rdv_clients and self.cfg.target_peers > 0:
+            await self.meet_peers()
+            self.net._nursery.start_soon(self._meet_loop)
+
+    async def meet_peers(self) -> int:
+        """Register in ``hearth/peers`` and dial peers found there, up to target_peers."""
+        found: dict[ID, PeerInfo] = {}
+        for pid, client in list(self._rdv_clients.items()):
+            with trio.move_on_after(_QUERY_TIMEOUT):
+                try:
+                    await client.register(PEERS_NAMESPACE, _RDV_TTL)
+                    infos, _ = await client.discover(PEERS_NAMESPACE, 100)
+                    for info in infos:
+                        found.setdefault(info.peer_id, info)
+                except Exception as e:
+                    logger.info("rendezvous at %s failed: %r", pid, e)
+        conns = self.net.host.get_network().connections
+        have = sum(1 for p in conns if p not in self._rdv_clients)
+        return await self._dial_some(list(found.values()), self.cfg.target_peers - have)
+
+    async def _dial_some(self, infos: list[PeerInfo], max_new: int) -> int:
+        """Dial up to ``max_new`` of ``infos`` not yet connected; returns successes.
+
+        Each node starts at a different offset of the sorted list, so peers spread
+        their connections instead of all dialling the same few.
+        """
+        conns = self.net.host.get_network().connections
+        me = self.net.host.get_id()
+        want = [i for i in infos if i.peer_id != me and not conns.get(i.peer_id) and i.addrs]
+        if not want or max_new <= 0:
+            return 0
+        want.sort(key=lambda i: i.peer_id.to_bytes())
+        start = int.from_bytes(me.to_bytes()[-2:], "big") % len(want)
+        picks = (want[start:] + want[:start])[:max_new]
+        ok = 0
+
+        async def dial(info: PeerInfo) -> None:
+            nonlocal ok
+            try:
+                await self.net._connect_info(info)
+                ok += 1
+            except Exception as e:
+                logger.info("dial %s failed: %r", info.peer_id, e)
+
+        async with trio.open_nursery() as n:
+            for info in picks:
+                n.start_soon(dial, info)
+        return ok
+
+    async def _meet_loop(self) -> None:
+        delay = 1.0
+        while True:
+            await trio.sleep(delay)
+            await self.meet_peers()
+            delay = min(delay * 2, 30.0)
+
+    async def connect_providers(self, model_id: str, count: int = 6) -> int:
+        """Be connected to ``count`` providers of ``model_id`` (before publishing an RFQ).
+
+        Returns how many providers we are connected to afterwards.
+        """
+        store = self.net.host.get_peerstore()
+        infos = []
+        for pid_str in await self.find_providers(model_id, 50):
+            pid = ID.from_base58(pid_str)
+            infos.append(PeerInfo(pid, store.addrs(pid)))
+        conns = self.net.host.get_network().connections
+        have = sum(1 for i in infos if conns.get(i.peer_id))
+        return have + await self._dial_some(infos, count - have)
 
     async def _fill_routing_table(self) -> None:
         if self.dht is None:
@@ -97,6 +170,15 @@ class Discovery:
         while True:
             await trio.sleep(3)
             await self._fill_routing_table()
+
+    def rendezvous_stats(self) -> dict[str, int]:
+        """Registrations per namespace held by our rendezvous service (bootstraps)."""
+        if self.rendezvous_service is None:
+            return {}
+        try:
+            return dict(self.rendezvous_service.get_namespace_stats())
+        except Exception:
+            return {}
 
     async def provide(self, model_id: str) -> None:
         """Announce ``model_id`` on the DHT and at every reachable rendezvous point."""

@@ -116,6 +116,7 @@ class NodeNet:
         self._peer_cache = PeerCache.load(cfg.peer_cache) if cfg.peer_cache else None
         self._nursery: trio.Nursery | None = None
         self.relay_addrs: list[str] = []
+        self.relay: Any = None
 
     # -- identity ----------------------------------------------------------------------
     @property
@@ -177,7 +178,7 @@ class NodeNet:
     ) -> trio.MemoryReceiveChannel[GossipMessage]:
         """Join ``topic``; returns a channel of validated messages from other peers.
 
-        ``check(data)`` should decode with the wire format and raise on anything invalid;
+        ``check(data, origin)`` should decode with the wire format and raise on anything invalid;
         invalid messages are never delivered or forwarded and their sender loses score.
         The channel buffers ``GossipConfig.subscription_buffer`` messages; overflow is
         counted in ``stats()["pubsub"]["dropped_full"]``, never silent.
@@ -272,6 +273,12 @@ class NodeNet:
             return []
         return await self.discovery.find_providers(model_id, limit)
 
+    async def connect_providers(self, model_id: str, count: int = 6) -> int:
+        """Dial up to ``count`` providers of ``model_id`` so an RFQ publish reaches them."""
+        if self.discovery is None:
+            return 0
+        return await self.discovery.connect_providers(model_id, count)
+
     # -- metrics -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters for /metrics and the benchmarks."""
@@ -289,6 +296,8 @@ class NodeNet:
             },
             "errors": dict(self.errors),
             "protected": len(self._protected),
+            "relay": self.relay.stats() if self.relay is not None else {},
+            "rendezvous": self.discovery.rendezvous_stats() if self.discovery else {},
         }
 
     # -- background loops --------------------------------------------------------------
@@ -406,6 +415,7 @@ async def open_node_host(
     from p2pnode.net.relay import RelaySetup
 
     relay = RelaySetup(net, cfg)
+    net.relay = relay
     relay.install()
     _guard_inbound(host, on_inbound_error)
 

@@ -15,7 +15,7 @@ it and closes each hole:
   :attr:`GossipConfig.subscription_buffer` messages and counts every drop in
   :attr:`HardenedPubsub.stats` — never silent.
 
-Topic validators are built by :func:`make_validator` from a plain ``check(data)`` that
+Topic validators are built by :func:`make_validator` from a plain ``check(data, origin)`` that
 raises on invalid payloads (normally the wire-format decoder): a message that fails is
 rejected, never forwarded, and the forwarder's invalid-message counter goes up.
 
@@ -52,8 +52,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PayloadCheck = Callable[[bytes], object]
-"""Raises (any exception) when a payload is invalid; its return value is ignored."""
+PayloadCheck = Callable[[bytes, str], object]
+"""``check(data, origin_peer_id)`` raises (anything) when a payload is invalid."""
 
 _MODEL_ID = re.compile(r"^[0-9a-f]{8,128}$")
 TOPIC_PREFIX = "/hearth/1"
@@ -170,7 +170,7 @@ def build_gossipsub(cfg: GossipConfig) -> GossipSub:
 def make_validator(
     check: PayloadCheck | None, cfg: GossipConfig, stats: PubsubStats
 ) -> Callable[[ID, rpc_pb2.Message], bool]:
-    """Wrap ``check(data)`` as a synchronous py-libp2p topic validator.
+    """Wrap ``check(data, origin)`` as a synchronous py-libp2p topic validator.
 
     Oversize payloads and payloads for which ``check`` raises are rejected (returning
     False makes Pubsub drop the message and bump the forwarder's invalid counter).
@@ -184,7 +184,8 @@ def make_validator(
         if check is None:
             return True
         try:
-            check(msg.data)
+            origin = ID(msg.from_id).to_base58()
+            check(msg.data, origin)
         except Exception as e:
             stats.invalid += 1
             stats.offences[f"invalid:{type(e).__name__}"] += 1

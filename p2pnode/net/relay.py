@@ -64,3 +64,13 @@ class RelaySetup:
 
     async def after_join(self, bootstrap: tuple[str, ...]) -> None:
         return None
+
+    def stats(self) -> dict[str, int]:
+        """Reservations held and circuits relayed (hop side), for /metrics."""
+        if self.protocol is None:
+            return {}
+        rm = getattr(self.protocol, "resource_manager", None)
+        return {
+            "reservations": len(getattr(rm, "_reservations", {}) or {}),
+            "circuits": len(getattr(self.protocol, "_active_relays", {}) or {}),
+        }
