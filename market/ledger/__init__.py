@@ -1,0 +1,20 @@
+"""The node's and buyer's SQLite ledger and the exactly-once redemption loop.
+
+Public API::
+
+    Ledger(path)                      # sqlite-utils, WAL
+    Redeemer(ledger, hub, policy)     # reconcile() on start, then step() periodically
+    RedemptionPolicy(gas_multiple=10, notice_margin_s=3600, ...)
+"""
+
+from market.ledger.redeemer import Redeemer, RedemptionPolicy, RedemptionResult
+from market.ledger.store import Ledger, RedemptionRow, StoredVoucher
+
+__all__ = [
+    "Ledger",
+    "Redeemer",
+    "RedemptionPolicy",
+    "RedemptionResult",
+    "RedemptionRow",
+    "StoredVoucher",
+]
