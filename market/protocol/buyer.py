@@ -1,0 +1,551 @@
+"""The buyer's job machine: RFQ → bids → award → prompt → chunks ↔ vouchers → done.
+
+One :class:`BuyerJob` per job. Drive it with ``handle(event, now)`` and act on the
+returned actions; call ``handle(DeadlinePassed(), now)`` whenever
+``now >= next_deadline()``. It never reads a clock, never does I/O, and all its
+transitions sit in one table (:data:`BuyerJob.TABLE`)::
+
+    IDLE ──JobSubmitted──▶ COLLECTING ──enough bids / window over──▶ AWARDING
+    AWARDING ──Accept──▶ STREAMING ──chunks… EndOfStream (commitment ok)──▶ DONE
+    COLLECTING ──window over, no bid──▶ BACKOFF ──▶ COLLECTING (next round) … ▶ FAILED
+    AWARDING / STREAMING ──refusal, accept timeout, silence, error, bad chunk──▶
+        failover: award the next runner-up with resume_offset = tokens delivered,
+        resend the prompt with resume_token_ids = the delivered prefix
+        (no runner-up left → a new RFQ round; no round left → FAILED)
+
+Payment: after each verified chunk the buyer owes the active provider
+``cost_of(tokens it delivered, its price)``; the difference from what it already
+paid goes out as the next cumulative voucher (:class:`~market.protocol.payments.BuyerWallet`).
+Each provider is paid for exactly its own tokens. The job's worst-case cost
+(``max_tokens`` at ``max_price_per_1k``) is reserved from the deposit up front.
+
+Peer misbehaviour (a chunk whose hash chain does not verify, a message for another
+job, an unsolicited accept…) never raises: it yields a ``ScorePeer`` action carrying
+the :class:`RemoteProtocolError`, and, for the active provider, a failover. Feeding
+a local event the current state cannot take raises :class:`LocalProtocolError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from market.protocol.actions import (
+    Action,
+    DeliverTokens,
+    Publish,
+    ReportOutcome,
+    ScorePeer,
+    SendAward,
+    SendCancel,
+    SendPrompt,
+    SendVoucher,
+)
+from market.protocol.auction import (
+    BidScorer,
+    ReputationSource,
+    StaticReputation,
+    WeightedScorer,
+    rank_bids,
+)
+from market.protocol.commitment import ChainVerifier
+from market.protocol.errors import LocalProtocolError, RemoteProtocolError
+from market.protocol.events import (
+    AcceptReceived,
+    BidReceived,
+    CancelReceived,
+    CancelRequested,
+    ChunkReceived,
+    DeadlinePassed,
+    DeclineReceived,
+    EndReceived,
+    ErrorReceived,
+    Event,
+    HeartbeatReceived,
+    JobSubmitted,
+    PeerDisconnected,
+    PeerEvent,
+)
+from market.protocol.messages import Award, Bid, Cancel, ErrorCode, Prompt, Rfq, cost_of
+from market.protocol.outcomes import BuyerFailure, BuyerOutcome, DeclineNote, Segment
+from market.protocol.payments import BuyerWallet
+
+__all__ = ["BuyerConfig", "BuyerJob", "BuyerState"]
+
+
+class BuyerState(enum.Enum):
+    IDLE = "idle"
+    COLLECTING = "collecting"  # RFQ out, bid window open
+    BACKOFF = "backoff"  # between RFQ rounds
+    AWARDING = "awarding"  # award sent, waiting for Accept
+    STREAMING = "streaming"  # prompt sent, chunks flowing
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL = (BuyerState.DONE, BuyerState.FAILED)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuyerConfig:
+    """Timeouts (seconds) and auction knobs of the buyer machine."""
+
+    enough_bids: int = 3  # close the window early once this many admissible bids are in
+    accept_timeout_s: float = 2.0
+    silence_timeout_s: float = 4.0  # max gap between messages from the streaming provider
+    max_rounds: int = 3  # RFQ rounds before giving up
+    round_backoff_s: float = 0.5  # × round number
+    job_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.enough_bids < 1 or self.max_rounds < 1:
+            raise LocalProtocolError("enough_bids and max_rounds must be >= 1")
+        for name in ("accept_timeout_s", "silence_timeout_s", "job_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise LocalProtocolError(f"{name} must be > 0")
+
+
+@dataclass(slots=True)
+class _Active:
+    """The provider currently awarded (mutable working copy of a Segment)."""
+
+    bid: Bid
+    resume_offset: int
+    verifier: ChainVerifier
+    tokens: int = 0
+    paid: int = 0
+    commitment: bytes | None = None
+
+    def close(self) -> Segment:
+        b = self.bid
+        return Segment(
+            provider=b.provider,
+            provider_address=b.provider_address,
+            price_per_1k=b.price_per_1k,
+            resume_offset=self.resume_offset,
+            tokens=self.tokens,
+            paid=self.paid,
+            commitment=self.commitment,
+        )
+
+
+_Handler = Callable[["BuyerJob", Any, float], list[Action]]
+
+
+class BuyerJob:
+    """One job, seen from the buyer. See the module docstring for the lifecycle."""
+
+    TABLE: ClassVar[dict[tuple[BuyerState, type[Event]], _Handler]]
+
+    def __init__(
+        self,
+        *,
+        rfq: Rfq,
+        prompt: Prompt,
+        wallet: BuyerWallet,
+        scorer: BidScorer | None = None,
+        reputation: ReputationSource | None = None,
+        config: BuyerConfig | None = None,
+    ) -> None:
+        if prompt.job_id != rfq.job_id:
+            raise LocalProtocolError("prompt and rfq name different jobs")
+        if prompt.resume_token_ids:
+            raise LocalProtocolError("a new job's prompt has no resume_token_ids")
+        if rfq.buyer_address != wallet.buyer_address:
+            raise LocalProtocolError("rfq.buyer_address is not the wallet's address")
+        self.rfq = rfq
+        self.prompt = prompt
+        self.wallet = wallet
+        self.scorer: BidScorer = scorer if scorer is not None else WeightedScorer()
+        self.reputation: ReputationSource = (
+            reputation if reputation is not None else StaticReputation()
+        )
+        self.config = config if config is not None else BuyerConfig()
+        self.state = BuyerState.IDLE
+        self.outcome: BuyerOutcome | None = None
+        self.active: _Active | None = None
+        self._timer: float | None = None
+        self._job_deadline = 0.0
+        self._reserved = 0
+        self._pool: dict[str, tuple[Bid, str]] = {}
+        self._abandoned: set[str] = set()  # membership only
+        self._declines: dict[str, DeclineNote] = {}
+        self._segments: list[Segment] = []
+        self._delivered: list[int] = []
+        self._bids = 0
+        self._round = 0
+        self._failovers = 0
+        self._awarded_at: float | None = None
+
+    # ------------------------------------------------------------- interface
+
+    @property
+    def job_id(self) -> bytes:
+        return self.rfq.job_id
+
+    @property
+    def delivered(self) -> int:
+        """Tokens delivered so far, over every provider."""
+        return len(self._delivered)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL
+
+    def next_deadline(self) -> float | None:
+        """When to feed :class:`DeadlinePassed` next (``None``: no timer running)."""
+        if self.state in TERMINAL or self.state is BuyerState.IDLE:
+            return None
+        t = self._timer
+        return self._job_deadline if t is None else min(t, self._job_deadline)
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event at time ``now``; return the actions to carry out, in order."""
+        handler = self.TABLE.get((self.state, type(event)))
+        if handler is None:
+            if isinstance(event, PeerEvent):
+                return self._stray(event, now)
+            raise LocalProtocolError(
+                f"buyer job cannot take {type(event).__name__} in state {self.state.value}"
+            )
+        return handler(self, event, now)
+
+    # ------------------------------------------------------------- handlers
+
+    def _on_submit(self, ev: JobSubmitted, now: float) -> list[Action]:
+        self._job_deadline = now + self.config.job_timeout_s
+        budget = cost_of(self.rfq.max_tokens, self.rfq.max_price_per_1k)
+        if not self.wallet.reserve(budget):
+            return self._fail(
+                BuyerFailure.INSUFFICIENT_DEPOSIT,
+                f"job needs up to {budget}, deposit has {self.wallet.available} free",
+                now,
+            )
+        self._reserved = budget
+        return self._publish(now)
+
+    def _on_bid(self, ev: BidReceived, now: float) -> list[Action]:
+        bid = ev.bid
+        who = ev.sender
+        if bid.job_id != self.job_id or bid.provider != who:
+            return [self._score(who, -0.3, "bid for another job or from another peer")]
+        if who in self._pool or who in self._abandoned or self._is_active(who):
+            return []
+        if bid.price_per_1k > self.rfq.max_price_per_1k:
+            return [self._score(who, -0.1, "bid above the RFQ's price ceiling")]
+        self._pool[who] = (bid, ev.region)
+        self._declines.pop(who, None)
+        self._bids += 1
+        if self.state is BuyerState.COLLECTING and len(self._pool) >= self.config.enough_bids:
+            return self._award_next(now)
+        return []
+
+    def _on_decline(self, ev: DeclineReceived, now: float) -> list[Action]:
+        d = ev.decline
+        if d.job_id != self.job_id or d.provider != ev.sender:
+            return [self._score(ev.sender, -0.3, "decline for another job or from another peer")]
+        if ev.sender not in self._pool:
+            self._declines[ev.sender] = DeclineNote(
+                provider=ev.sender, reason=d.reason, detail=d.detail
+            )
+        return []
+
+    def _on_accept(self, ev: AcceptReceived, now: float) -> list[Action]:
+        a = self.active
+        if a is None or ev.sender != a.bid.provider:
+            return self._stray(ev, now)
+        if ev.accept.job_id != self.job_id or ev.accept.provider != ev.sender:
+            return self._misbehaved("accept for another job", now)
+        if self._awarded_at is None:
+            self._awarded_at = now
+        self.state = BuyerState.STREAMING
+        self._timer = now + self.config.silence_timeout_s
+        prompt = self.prompt
+        if self._delivered:
+            prompt = dataclasses.replace(prompt, resume_token_ids=tuple(self._delivered))
+        return [SendPrompt(to=ev.sender, message=prompt)]
+
+    def _on_chunk(self, ev: ChunkReceived, now: float) -> list[Action]:
+        a = self.active
+        if a is None or ev.sender != a.bid.provider:
+            return self._stray(ev, now)
+        c = ev.chunk
+        n = len(c.token_ids)
+        if c.job_id != self.job_id:
+            return self._misbehaved("chunk for another job", now)
+        if n == 0 or n > a.bid.chunk_tokens:
+            return self._misbehaved(f"chunk of {n} tokens (agreed {a.bid.chunk_tokens})", now)
+        if len(self._delivered) + n > self.rfq.max_tokens:
+            return self._misbehaved("chunk beyond max_tokens", now)
+        if not a.verifier.feed(c.seq, c.token_ids, c.logprobs, c.chain_hash):
+            return self._misbehaved(f"chunk {c.seq} breaks the hash chain", now)
+        offset = len(self._delivered)
+        self._delivered.extend(c.token_ids)
+        a.tokens += n
+        self._timer = now + self.config.silence_timeout_s
+        out: list[Action] = [
+            DeliverTokens(
+                offset=offset,
+                token_ids=c.token_ids,
+                logprobs=c.logprobs,
+                text=c.text,
+                provider=ev.sender,
+            )
+        ]
+        owed = cost_of(a.tokens, a.bid.price_per_1k) - a.paid
+        if owed > 0:
+            voucher = self.wallet.pay(
+                self.job_id, a.bid.provider_address, owed, reserved=self._reserved
+            )
+            self._reserved -= owed
+            a.paid += owed
+            out.append(SendVoucher(to=ev.sender, message=voucher))
+        return out
+
+    def _on_end(self, ev: EndReceived, now: float) -> list[Action]:
+        a = self.active
+        if a is None or ev.sender != a.bid.provider:
+            return self._stray(ev, now)
+        e = ev.end
+        if e.job_id != self.job_id:
+            return self._misbehaved("end of stream for another job", now)
+        if e.finish_reason == "cancelled":
+            return self._abandon("provider cancelled the stream", -0.05, now)
+        if e.total_tokens != a.tokens:
+            return self._misbehaved(f"end says {e.total_tokens} tokens, got {a.tokens}", now)
+        if e.result_commitment != a.verifier.head:
+            return self._misbehaved("result commitment differs from the chunk chain", now)
+        a.commitment = e.result_commitment
+        self._segments.append(a.close())
+        self.active = None
+        out: list[Action] = [ScorePeer(peer=ev.sender, delta=0.05, reason="completed")]
+        return out + self._complete(e.finish_reason, now)
+
+    def _on_heartbeat(self, ev: HeartbeatReceived, now: float) -> list[Action]:
+        a = self.active
+        if a is None or ev.sender != a.bid.provider:
+            return self._stray(ev, now)
+        self._timer = now + self.config.silence_timeout_s
+        return []
+
+    def _on_provider_error(self, ev: ErrorReceived | CancelReceived, now: float) -> list[Action]:
+        a = self.active
+        if a is None or ev.sender != a.bid.provider:
+            return self._stray(ev, now)
+        if isinstance(ev, ErrorReceived):
+            code = ev.error.code
+            soft = code in (ErrorCode.OVERLOADED, ErrorCode.POWER_SHED, ErrorCode.PAYMENT_BEHIND)
+            return self._abandon(
+                f"provider error {code.value}: {ev.error.message}", -0.02 if soft else -0.1, now
+            )
+        return self._abandon(f"provider cancelled: {ev.cancel.reason}", -0.05, now)
+
+    def _on_disconnect(self, ev: PeerDisconnected, now: float) -> list[Action]:
+        if self.active is not None and ev.peer == self.active.bid.provider:
+            return self._abandon("provider disconnected", -0.1, now)
+        return []
+
+    def _on_deadline(self, ev: DeadlinePassed, now: float) -> list[Action]:
+        if now >= self._job_deadline:
+            out: list[Action] = []
+            if self.active is not None:
+                out.append(self._cancel_active("job deadline"))
+            return out + self._fail(BuyerFailure.DEADLINE, "job deadline passed", now)
+        if self._timer is None or now < self._timer:
+            return []
+        st = self.state
+        if st is BuyerState.COLLECTING:
+            return self._award_next(now)
+        if st is BuyerState.BACKOFF:
+            return self._award_next(now) if self._pool else self._publish(now)
+        if st is BuyerState.AWARDING:
+            return self._abandon("award not accepted in time", -0.1, now)
+        return self._abandon("provider silent past the heartbeat deadline", -0.3, now)
+
+    def _on_cancel(self, ev: CancelRequested, now: float) -> list[Action]:
+        out: list[Action] = []
+        if self.active is not None:
+            out.append(self._cancel_active(ev.reason or "buyer cancelled"))
+        return out + self._fail(BuyerFailure.CANCELLED, ev.reason or "buyer cancelled", now)
+
+    def _ignore(self, ev: Event, now: float) -> list[Action]:
+        return []
+
+    # -------------------------------------------------------------- helpers
+
+    def _is_active(self, peer: str) -> bool:
+        return self.active is not None and self.active.bid.provider == peer
+
+    def _score(self, peer: str, delta: float, why: str) -> ScorePeer:
+        return ScorePeer(peer=peer, delta=delta, reason=why, error=RemoteProtocolError(why))
+
+    def _stray(self, ev: PeerEvent, now: float) -> list[Action]:
+        """A message nobody asked for: late from a provider we left (fine) or bogus."""
+        if self.state in TERMINAL or ev.sender in self._abandoned:
+            return []
+        what = f"unexpected {type(ev.message).__name__} in state {self.state.value}"
+        return [self._score(ev.sender, -0.1, what)]
+
+    def _publish(self, now: float) -> list[Action]:
+        self._round += 1
+        self.state = BuyerState.COLLECTING
+        self._timer = now + self.rfq.bid_window_ms / 1000.0
+        return [Publish(rfq=self.rfq)]
+
+    def _award_next(self, now: float) -> list[Action]:
+        ranked = rank_bids(self._pool.values(), self.rfq, self.scorer, self.reputation)
+        if not ranked:
+            return self._next_round(now)
+        bid = ranked[0]
+        del self._pool[bid.provider]
+        offset = len(self._delivered)
+        self.active = _Active(
+            bid=bid, resume_offset=offset, verifier=ChainVerifier(self.job_id, offset)
+        )
+        self.state = BuyerState.AWARDING
+        self._timer = now + self.config.accept_timeout_s
+        award = Award(
+            job_id=self.job_id,
+            provider=bid.provider,
+            price_per_1k=bid.price_per_1k,
+            chunk_tokens=bid.chunk_tokens,
+            credit_chunks=bid.credit_chunks,
+            max_tokens=self.rfq.max_tokens,
+            resume_offset=offset,
+        )
+        return [SendAward(to=bid.provider, message=award)]
+
+    def _next_round(self, now: float) -> list[Action]:
+        if self._round >= self.config.max_rounds:
+            if self._bids == 0:
+                n = len(self._declines)
+                return self._fail(
+                    BuyerFailure.NO_BIDS,
+                    f"no bid in {self._round} round(s); {n} provider(s) declined",
+                    now,
+                )
+            return self._fail(
+                BuyerFailure.PROVIDERS_EXHAUSTED,
+                f"{len(self._abandoned)} awarded provider(s) failed; none left",
+                now,
+            )
+        self.state = BuyerState.BACKOFF
+        self._timer = now + self.config.round_backoff_s * self._round
+        return []
+
+    def _cancel_active(self, reason: str) -> SendCancel:
+        a = self.active
+        assert a is not None
+        self._segments.append(a.close())
+        self._abandoned.add(a.bid.provider)
+        self.active = None
+        return SendCancel(
+            to=a.bid.provider, message=Cancel(job_id=self.job_id, reason=reason[:200])
+        )
+
+    def _abandon(self, why: str, delta: float, now: float) -> list[Action]:
+        """Leave the active provider (paid for what it delivered) and fail over."""
+        a = self.active
+        assert a is not None
+        peer = a.bid.provider
+        out: list[Action] = [ScorePeer(peer=peer, delta=delta, reason=why)]
+        out.append(self._cancel_active(why))
+        self._failovers += 1
+        return out + self._failover(now)
+
+    def _misbehaved(self, why: str, now: float) -> list[Action]:
+        a = self.active
+        assert a is not None
+        out: list[Action] = [self._score(a.bid.provider, -0.5, why)]
+        out.append(self._cancel_active(why))
+        self._failovers += 1
+        return out + self._failover(now)
+
+    def _failover(self, now: float) -> list[Action]:
+        if len(self._delivered) >= self.rfq.max_tokens:
+            return self._complete("length", now)
+        return self._award_next(now)
+
+    def _complete(self, finish_reason: str, now: float) -> list[Action]:
+        self.state = BuyerState.DONE
+        return self._finish(True, "", "", finish_reason, now)
+
+    def _fail(self, reason: BuyerFailure, detail: str, now: float) -> list[Action]:
+        self.state = BuyerState.FAILED
+        return self._finish(False, reason.value, detail, "", now)
+
+    def _finish(
+        self, ok: bool, reason: str, detail: str, finish_reason: str, now: float
+    ) -> list[Action]:
+        self._timer = None
+        if self._reserved:
+            self.wallet.release(self._reserved)
+            self._reserved = 0
+        self.outcome = BuyerOutcome(
+            job_id=self.job_id,
+            completed=ok,
+            reason=reason,
+            detail=detail,
+            token_ids=tuple(self._delivered),
+            segments=tuple(self._segments),
+            declines=tuple(self._declines.values()),
+            bids=self._bids,
+            rounds=self._round,
+            failovers=self._failovers,
+            awarded_at=self._awarded_at,
+            finished_at=now,
+            finish_reason=finish_reason,
+        )
+        return [ReportOutcome(outcome=self.outcome)]
+
+
+def _table() -> dict[tuple[BuyerState, type[Event]], _Handler]:
+    S = BuyerState
+    B = BuyerJob
+    t: dict[tuple[BuyerState, type[Event]], _Handler] = {
+        (S.IDLE, JobSubmitted): B._on_submit,
+        (S.IDLE, CancelRequested): B._on_cancel,
+    }
+    live = (S.COLLECTING, S.BACKOFF, S.AWARDING, S.STREAMING)
+    for s in live:
+        t[(s, BidReceived)] = B._on_bid
+        t[(s, DeclineReceived)] = B._on_decline
+        t[(s, DeadlinePassed)] = B._on_deadline
+        t[(s, CancelRequested)] = B._on_cancel
+        t[(s, PeerDisconnected)] = B._on_disconnect
+        # From a provider we left these are late stragglers; otherwise bogus.
+        strays: tuple[type[Event], ...] = (
+            AcceptReceived,
+            ChunkReceived,
+            EndReceived,
+            HeartbeatReceived,
+        )
+        for ev in strays:
+            t[(s, ev)] = B._stray
+        t[(s, ErrorReceived)] = B._on_provider_error
+        t[(s, CancelReceived)] = B._on_provider_error
+    t[(S.AWARDING, AcceptReceived)] = B._on_accept
+    t[(S.STREAMING, ChunkReceived)] = B._on_chunk
+    t[(S.STREAMING, EndReceived)] = B._on_end
+    t[(S.STREAMING, HeartbeatReceived)] = B._on_heartbeat
+    for s in TERMINAL:
+        for late in (
+            BidReceived,
+            DeclineReceived,
+            AcceptReceived,
+            ChunkReceived,
+            EndReceived,
+            ErrorReceived,
+            HeartbeatReceived,
+            CancelReceived,
+            DeadlinePassed,
+            PeerDisconnected,
+        ):
+            t[(s, late)] = B._ignore
+    return t
+
+
+BuyerJob.TABLE = _table()

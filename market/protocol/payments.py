@@ -1,0 +1,243 @@
+"""Payment accounting for cumulative vouchers, on both ends of a channel.
+
+A *channel* is one buyer → provider pair on one payment contract (``token``,
+``chain_id``, ``contract``, ``epoch``). The buyer deposits once; during jobs it signs
+vouchers whose ``cumulative_amount`` is the total it owes that provider *over the
+channel's life*, so the provider only ever needs the latest voucher to redeem.
+
+* :class:`BuyerWallet` (buyer side) reserves each job's worst-case cost from the
+  deposit when the job starts, and turns "this job now owes provider P amount A"
+  into the next cumulative voucher. It never signs more than the deposit.
+* :class:`VoucherBook` (provider side) accepts a voucher only if its signature
+  verifies (an injected callback: the settlement code supplies the real EIP-712
+  check), its terms match, it moves forward, and it stays within the buyer's
+  deposit. Anything else is the buyer's fault: :class:`RemoteProtocolError`.
+
+Both are plain objects, shared by every job machine of one node; they do no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from market.protocol.errors import LocalProtocolError, RemoteProtocolError
+from market.protocol.messages import Voucher
+
+__all__ = [
+    "BuyerWallet",
+    "ChannelTerms",
+    "VoucherBook",
+    "VoucherDraft",
+    "VoucherSigner",
+    "VoucherVerifier",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelTerms:
+    """Which contract and token the vouchers are for (same for every channel of a node)."""
+
+    token: bytes
+    chain_id: int
+    contract: bytes
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.token) != 20 or len(self.contract) != 20:
+            raise LocalProtocolError("token and contract must be 20-byte addresses")
+        if not 1 <= self.chain_id < 2**64 or not 0 <= self.epoch < 2**64:
+            raise LocalProtocolError("chain_id or epoch out of range")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoucherDraft:
+    """Everything a voucher states except its signature (what the signer signs)."""
+
+    job_id: bytes
+    buyer_address: bytes
+    provider_address: bytes
+    cumulative_amount: int
+    terms: ChannelTerms
+
+
+#: Signs a draft with the buyer's key; returns the 65-byte signature.
+VoucherSigner = Callable[[VoucherDraft], bytes]
+#: True when ``voucher.signature`` is the buyer's valid signature over its fields.
+VoucherVerifier = Callable[[Voucher], bool]
+
+
+class BuyerWallet:
+    """The buyer's channels: deposit, reservations, and cumulative amount per provider.
+
+    >>> terms = ChannelTerms(token=bytes(20), chain_id=1, contract=bytes(20))
+    >>> w = BuyerWallet(buyer_address=b"\\x01" * 20, deposit=1000, terms=terms,
+    ...                 signer=lambda d: bytes(65))
+    >>> w.reserve(600)
+    True
+    >>> w.reserve(600)        # would overcommit the deposit
+    False
+    >>> w.pay(bytes(16), b"\\x02" * 20, 250, reserved=600).cumulative_amount
+    250
+    """
+
+    __slots__ = (
+        "_cumulative",
+        "_reserved",
+        "_spent",
+        "buyer_address",
+        "deposit",
+        "signer",
+        "terms",
+    )
+
+    def __init__(
+        self,
+        *,
+        buyer_address: bytes,
+        deposit: int,
+        terms: ChannelTerms,
+        signer: VoucherSigner,
+    ) -> None:
+        if len(buyer_address) != 20:
+            raise LocalProtocolError("buyer_address must be 20 bytes")
+        if deposit < 0:
+            raise LocalProtocolError("deposit must be >= 0")
+        self.buyer_address = buyer_address
+        self.deposit = deposit
+        self.terms = terms
+        self.signer = signer
+        self._cumulative: dict[bytes, int] = {}
+        self._reserved = 0  # sum of open jobs' reservations not yet spent
+        self._spent = 0  # sum of every cumulative amount signed
+
+    @property
+    def spent(self) -> int:
+        """Total signed over all channels (what providers can redeem)."""
+        return self._spent
+
+    @property
+    def available(self) -> int:
+        """Deposit neither spent nor reserved by an open job."""
+        return self.deposit - self._spent - self._reserved
+
+    def cumulative(self, provider_address: bytes) -> int:
+        """The last cumulative amount signed to ``provider_address`` (0 if none)."""
+        return self._cumulative.get(provider_address, 0)
+
+    def reserve(self, amount: int) -> bool:
+        """Set ``amount`` aside for a job; ``False`` if the deposit cannot cover it."""
+        if amount < 0:
+            raise LocalProtocolError("cannot reserve a negative amount")
+        if amount > self.available:
+            return False
+        self._reserved += amount
+        return True
+
+    def release(self, amount: int) -> None:
+        """Return the unspent part of a job's reservation."""
+        if not 0 <= amount <= self._reserved:
+            raise LocalProtocolError(f"release {amount} > reserved {self._reserved}")
+        self._reserved -= amount
+
+    def pay(self, job_id: bytes, provider_address: bytes, amount: int, *, reserved: int) -> Voucher:
+        """Owe ``provider_address`` ``amount`` more, out of a job's ``reserved`` budget.
+
+        Moves ``amount`` from reserved to spent and returns the signed cumulative
+        voucher. ``reserved`` is the job's remaining reservation (the caller tracks it):
+        paying more than that is our bug, never the provider's.
+        """
+        if amount <= 0:
+            raise LocalProtocolError(f"payment must be positive, got {amount}")
+        if amount > reserved or amount > self._reserved:
+            raise LocalProtocolError(f"payment {amount} exceeds the job's reservation {reserved}")
+        cum = self._cumulative.get(provider_address, 0) + amount
+        draft = VoucherDraft(
+            job_id=job_id,
+            buyer_address=self.buyer_address,
+            provider_address=provider_address,
+            cumulative_amount=cum,
+            terms=self.terms,
+        )
+        voucher = Voucher(
+            job_id=job_id,
+            buyer_address=self.buyer_address,
+            provider_address=provider_address,
+            token=self.terms.token,
+            cumulative_amount=cum,
+            epoch=self.terms.epoch,
+            chain_id=self.terms.chain_id,
+            contract=self.terms.contract,
+            signature=self.signer(draft),
+        )
+        self._cumulative[provider_address] = cum
+        self._reserved -= amount
+        self._spent += amount
+        return voucher
+
+
+class VoucherBook:
+    """The provider's channels: the latest accepted voucher per buyer.
+
+    ``deposit_of(buyer_address)`` returns the buyer's deposit as the provider last
+    saw it on chain; ``verifier(voucher)`` checks the signature.
+    """
+
+    __slots__ = ("_latest", "deposit_of", "provider_address", "terms", "verifier")
+
+    def __init__(
+        self,
+        *,
+        provider_address: bytes,
+        terms: ChannelTerms,
+        verifier: VoucherVerifier,
+        deposit_of: Callable[[bytes], int],
+    ) -> None:
+        self.provider_address = provider_address
+        self.terms = terms
+        self.verifier = verifier
+        self.deposit_of = deposit_of
+        self._latest: dict[bytes, Voucher] = {}
+
+    def cumulative(self, buyer_address: bytes) -> int:
+        """The highest cumulative amount accepted from ``buyer_address`` (0 if none)."""
+        v = self._latest.get(buyer_address)
+        return 0 if v is None else v.cumulative_amount
+
+    def latest(self, buyer_address: bytes) -> Voucher | None:
+        """The voucher to redeem for ``buyer_address`` (the highest accepted)."""
+        return self._latest.get(buyer_address)
+
+    def accept(self, voucher: Voucher, *, buyer_address: bytes) -> int:
+        """Record ``voucher`` from ``buyer_address``; return how much it adds.
+
+        Raises :class:`RemoteProtocolError` (and records nothing) when the voucher
+        names another channel or contract, goes backwards or stands still, exceeds the
+        buyer's deposit, or its signature does not verify.
+        """
+        t = self.terms
+        if voucher.buyer_address != buyer_address:
+            raise RemoteProtocolError("voucher names another buyer")
+        if voucher.provider_address != self.provider_address:
+            raise RemoteProtocolError("voucher names another provider")
+        if (voucher.token, voucher.chain_id, voucher.contract, voucher.epoch) != (
+            t.token,
+            t.chain_id,
+            t.contract,
+            t.epoch,
+        ):
+            raise RemoteProtocolError("voucher is for another token, chain, contract or epoch")
+        prev = self.cumulative(buyer_address)
+        if voucher.cumulative_amount <= prev:
+            raise RemoteProtocolError(
+                f"voucher goes backwards: {voucher.cumulative_amount} <= {prev}"
+            )
+        deposit = self.deposit_of(buyer_address)
+        if voucher.cumulative_amount > deposit:
+            raise RemoteProtocolError(
+                f"voucher {voucher.cumulative_amount} exceeds the buyer's deposit {deposit}"
+            )
+        if not self.verifier(voucher):
+            raise RemoteProtocolError("voucher signature does not verify")
+        self._latest[buyer_address] = voucher
+        return voucher.cumulative_amount - prev
