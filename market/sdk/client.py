@@ -1,0 +1,485 @@
+"""The buyer's async client: run the auction, stream tokens, pay per chunk, fail over.
+
+The client is a thin driver around :class:`market.protocol.buyer.BuyerJob`: it feeds
+the machine what arrives from the network (bids, accepts, chunks…) and the passing
+of its deadlines, and carries out the actions the machine returns (publish the RFQ,
+open a job stream to the awarded provider, send the prompt and the vouchers, hand
+tokens to the caller). Every decision — which bid wins, when a provider is deemed
+silent, whom to fail over to, how much each voucher says — is the machine's.
+
+Example::
+
+    async with open_client(identity=ident, net_config=cfg, terms=terms, deposit=d) as client:
+        job = client.generate("SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Hi"}])
+        async for chunk in job:
+            print(chunk.text, end="")
+        print(job.result.cost, job.result.provider)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from market.protocol import (
+    Accept,
+    Bid,
+    Cancel,
+    ChatMessage,
+    Decline,
+    EndOfStream,
+    Error,
+    Heartbeat,
+    Offer,
+    Prompt,
+    RemoteProtocolError,
+    ReplayGuard,
+    Rfq,
+    SamplingParams,
+    TokenChunk,
+)
+from market.protocol.actions import (
+    Action,
+    DeliverTokens,
+    Publish,
+    ReportOutcome,
+    ScorePeer,
+    Send,
+    SendAward,
+)
+from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.events import (
+    AcceptReceived,
+    BidReceived,
+    CancelReceived,
+    CancelRequested,
+    ChunkReceived,
+    DeadlinePassed,
+    DeclineReceived,
+    EndReceived,
+    ErrorReceived,
+    Event,
+    HeartbeatReceived,
+    JobSubmitted,
+    PeerDisconnected,
+)
+from market.protocol.outcomes import BuyerFailure, BuyerOutcome
+from market.protocol.payments import BuyerWallet
+from market.protocol.signing import SigningKey
+from market.sdk.catalog import Catalog
+from market.sdk.reputation import Reputation
+from market.sdk.types import (
+    Chunk,
+    GenerationParams,
+    HearthError,
+    InsufficientFundsError,
+    JobFailedError,
+    NoBidsError,
+    ProviderShare,
+    Result,
+)
+from market.streams import (
+    BID_PROTOCOL,
+    JOB_PROTOCOL,
+    open_sealed,
+    receive_message,
+    sealed,
+    send_message,
+)
+from p2pnode.net import NetError, NodeNet
+from p2pnode.net.framing import FramedStream
+from p2pnode.net.pubsub import GossipMessage, offers_topic, rfq_topic
+
+__all__ = ["Client", "ClientConfig", "JobHandle", "open_client"]
+
+_PEER_EVENTS: dict[type, Callable[[str, Any], Event]] = {
+    Accept: lambda s, m: AcceptReceived(sender=s, accept=m),
+    TokenChunk: lambda s, m: ChunkReceived(sender=s, chunk=m),
+    EndOfStream: lambda s, m: EndReceived(sender=s, end=m),
+    Error: lambda s, m: ErrorReceived(sender=s, error=m),
+    Heartbeat: lambda s, m: HeartbeatReceived(sender=s, heartbeat=m),
+    Cancel: lambda s, m: CancelReceived(sender=s, cancel=m),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Buyer-side knobs: price ceiling, auction window, region preference, timeouts."""
+
+    max_price_per_1k: int = 10**18
+    bid_window_ms: int = 400
+    region: str = ""
+    machine: BuyerConfig = field(default_factory=BuyerConfig)
+    discovery_wait_s: float = 10.0  # how long generate() waits for a model's first offer
+
+
+class JobHandle:
+    """One running job: ``async for chunk in handle`` streams it; then read ``result``."""
+
+    def __init__(self, client: Client, start: Callable[[trio.MemorySendChannel[Any]], Any]) -> None:
+        self._client = client
+        self._start = start
+        self._result: Result | None = None
+        self._cancel = trio.Event()
+
+    @property
+    def result(self) -> Result:
+        """The job's final account (available once iteration finished)."""
+        if self._result is None:
+            raise RuntimeError("the job has not finished yet: iterate over it first")
+        return self._result
+
+    def cancel(self) -> None:
+        """Stop the job; providers are paid for what they already delivered."""
+        self._cancel.set()
+
+    async def __aiter__(self) -> AsyncIterator[Chunk]:
+        send, recv = trio.open_memory_channel[Any](math.inf)
+        self._client._nursery.start_soon(self._start, send)
+        try:
+            async with recv:
+                async for item in recv:
+                    if isinstance(item, Chunk):
+                        yield item
+                    elif isinstance(item, Result):
+                        self._result = item
+                        return
+                    else:
+                        raise item
+        finally:
+            if self._result is None:
+                self._cancel.set()
+
+    async def text(self) -> str:
+        """Run the job to the end and return its whole text."""
+        async for _ in self:
+            pass
+        return self.result.text
+
+
+class Client:
+    """A buyer on the Hearth market (see the module docstring). Made by :func:`open_client`."""
+
+    def __init__(
+        self,
+        *,
+        net: NodeNet,
+        key: SigningKey,
+        wallet: BuyerWallet,
+        config: ClientConfig,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.net = net
+        self.key = key
+        self.wallet = wallet
+        self.config = config
+        self.catalog = Catalog()
+        self.reputation = Reputation()
+        self._nursery = nursery
+        self._jobs: dict[bytes, trio.MemorySendChannel[Event]] = {}
+        self._guard = ReplayGuard()
+        self._offers_seen = trio.Event()
+
+    # ----------------------------------------------------------------- market view
+    async def list_models(self) -> list[str]:
+        """Names of the models some provider offers right now."""
+        return [m.name for m in self.catalog.models(trio.current_time())]
+
+    async def resolve_model(self, model: str) -> str:
+        """The content address of ``model`` (a name or an address), waiting for offers."""
+        with trio.move_on_after(self.config.discovery_wait_s):
+            while True:
+                found = self.catalog.resolve(model, trio.current_time())
+                if found is not None:
+                    return found
+                self._offers_seen = trio.Event()
+                await self._offers_seen.wait()
+        raise NoBidsError(model, {})
+
+    # ----------------------------------------------------------------- jobs
+    def generate(
+        self,
+        model: str,
+        messages: list[dict[str, str]] | None = None,
+        prompt: str | None = None,
+        params: GenerationParams | None = None,
+        *,
+        max_price_per_1k: int | None = None,
+    ) -> JobHandle:
+        """Start a job; iterate the returned handle for chunks (see :class:`JobHandle`)."""
+        if (messages is None) == (prompt is None):
+            raise ValueError("give exactly one of messages and prompt")
+        p = params or GenerationParams()
+        ceiling = self.config.max_price_per_1k if max_price_per_1k is None else max_price_per_1k
+
+        async def start(out: trio.MemorySendChannel[Any]) -> None:
+            async with out:
+                try:
+                    result = await self._run(model, messages, prompt, p, ceiling, out, handle)
+                except HearthError as exc:
+                    await out.send(exc)
+                else:
+                    await out.send(result)
+
+        handle = JobHandle(self, start)
+        return handle
+
+    async def _run(
+        self,
+        model: str,
+        messages: list[dict[str, str]] | None,
+        prompt_text: str | None,
+        p: GenerationParams,
+        ceiling: int,
+        out: trio.MemorySendChannel[Any],
+        handle: JobHandle,
+    ) -> Result:
+        model_id = await self.resolve_model(model)
+        job_id = os.urandom(16)
+        text_len = len(prompt_text or "") + sum(len(m["content"]) + 8 for m in messages or [])
+        prompt_tokens = max(1, text_len // 4)  # an estimate: the buyer holds no tokenizer
+        rfq = Rfq(
+            job_id=job_id,
+            buyer=self.key.peer_id,
+            buyer_address=self.wallet.buyer_address,
+            model_id=model_id,
+            prompt_tokens=prompt_tokens,
+            max_tokens=p.max_tokens,
+            max_price_per_1k=ceiling,
+            region=self.config.region,
+            bid_window_ms=self.config.bid_window_ms,
+        )
+        prompt = Prompt(
+            job_id=job_id,
+            messages=tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages)
+            if messages is not None
+            else None,
+            prompt=prompt_text,
+            params=SamplingParams(
+                temperature=p.temperature,
+                top_p=p.top_p,
+                top_k=p.top_k,
+                seed=p.seed,
+                stop=p.stop,
+                logprobs_top_k=p.logprobs_top_k,
+            ),
+        )
+        job = BuyerJob(
+            rfq=rfq,
+            prompt=prompt,
+            wallet=self.wallet,
+            reputation=self.reputation,
+            config=self.config.machine,
+        )
+        run = _JobRun(self, job, out)
+        self._jobs[job_id] = run.events_in
+        try:
+            outcome = await run.drive(handle._cancel)
+        finally:
+            del self._jobs[job_id]
+        return _result(outcome, model_id, prompt_tokens, run)
+
+    # ----------------------------------------------------------------- network input
+    async def _on_bid_stream(self, fs: FramedStream) -> None:
+        message = await receive_message(fs, self._guard, timeout=5)
+        if isinstance(message, Bid):
+            event: Event = BidReceived(
+                sender=fs.peer_id, bid=message, region=self.catalog.region_of(fs.peer_id)
+            )
+        elif isinstance(message, Decline):
+            event = DeclineReceived(sender=fs.peer_id, decline=message)
+        else:
+            raise RemoteProtocolError(f"unexpected {type(message).__name__} on {BID_PROTOCOL}")
+        route = self._jobs.get(message.job_id)
+        if route is not None:
+            route.send_nowait(event)
+
+    async def _watch_offers(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in channel:
+            try:
+                offer, sender = open_sealed(msg.data)
+            except RemoteProtocolError:
+                continue  # the topic check already scored the publisher down
+            if isinstance(offer, Offer) and offer.provider == sender:
+                self.catalog.add(offer, trio.current_time())
+                self._offers_seen.set()
+
+
+class _JobRun:
+    """The I/O side of one BuyerJob: its event inbox and its streams to providers."""
+
+    def __init__(self, client: Client, job: BuyerJob, out: trio.MemorySendChannel[Any]) -> None:
+        self.client = client
+        self.job = job
+        self.out = out
+        self.events_in, self.events = trio.open_memory_channel[Event](math.inf)
+        self.streams: dict[str, FramedStream] = {}
+        self.outcome: BuyerOutcome | None = None
+        self.started_at = trio.current_time()
+        self.first_token_at: float | None = None
+        self.texts: list[str] = []
+
+    async def drive(self, cancel: trio.Event) -> BuyerOutcome:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self._cancel_on, cancel)
+            await self._apply(self.job.handle(JobSubmitted(), trio.current_time()))
+            while self.outcome is None:
+                deadline = self.job.next_deadline()
+                event: Event = DeadlinePassed()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    event = await self.events.receive()
+                await self._apply(self.job.handle(event, trio.current_time()))
+            nursery.cancel_scope.cancel()
+        return self.outcome
+
+    async def _cancel_on(self, cancel: trio.Event) -> None:
+        await cancel.wait()
+        self.events_in.send_nowait(CancelRequested(reason="buyer cancelled"))
+
+    async def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendAward):
+                self.nursery.start_soon(self._provider_session, action)
+            elif isinstance(action, Send):
+                await self._send(action)
+            elif isinstance(action, Publish):
+                await self._publish(action.rfq)
+            elif isinstance(action, DeliverTokens):
+                if self.first_token_at is None:
+                    self.first_token_at = trio.current_time()
+                self.texts.append(action.text)
+                chunk = Chunk(
+                    text=action.text,
+                    token_ids=action.token_ids,
+                    logprobs=action.logprobs,
+                    provider=action.provider,
+                )
+                await self.out.send(chunk)
+            elif isinstance(action, ScorePeer):
+                self.client.reputation.adjust(action.peer, action.delta)
+            elif isinstance(action, ReportOutcome):
+                assert isinstance(action.outcome, BuyerOutcome)
+                self.outcome = action.outcome
+                for fs in self.streams.values():
+                    with trio.move_on_after(1):
+                        with suppress(NetError):
+                            await fs.send_end()
+
+    async def _publish(self, rfq: Rfq) -> None:
+        net = self.client.net
+        topic = rfq_topic(rfq.model_id)
+        if net.topic_peers(topic) == 0:
+            with trio.move_on_after(3):
+                await net.connect_providers(rfq.model_id)
+        # On failure the machine's bid window runs out and it retries or reports no bids.
+        with suppress(NetError):
+            await net.publish(topic, sealed(rfq, self.client.key))
+
+    async def _send(self, action: Send) -> None:
+        fs = self.streams.get(action.to)
+        if fs is None:
+            return  # the session is already gone; its PeerDisconnected is on the way
+        try:
+            await send_message(fs, action.message, self.client.key)
+        except NetError:
+            self.events_in.send_nowait(PeerDisconnected(peer=action.to))
+
+    async def _provider_session(self, award: SendAward) -> None:
+        """Open the job stream, send the award, turn what comes back into events."""
+        peer = award.to
+        net = self.client.net
+        try:
+            async with net.open_stream(peer, JOB_PROTOCOL, timeout=5) as fs:
+                net.protect(peer)
+                self.streams[peer] = fs
+                await send_message(fs, award.message, self.client.key)
+                while True:
+                    message = await receive_message(fs, self.client._guard)
+                    if message is None:
+                        break
+                    make = _PEER_EVENTS.get(type(message))
+                    if make is None:
+                        raise RemoteProtocolError(f"unexpected {type(message).__name__}")
+                    self.events_in.send_nowait(make(peer, message))
+        except (NetError, RemoteProtocolError) as exc:
+            self.client.reputation.note_failure(peer, str(exc))
+        finally:
+            self.streams.pop(peer, None)
+            net.unprotect(peer)
+        if self.outcome is None:
+            self.events_in.send_nowait(PeerDisconnected(peer=peer))
+
+
+def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobRun) -> Result:
+    text = "".join(run.texts)
+    shares = tuple(
+        ProviderShare(
+            peer_id=s.provider,
+            address="0x" + s.provider_address.hex(),
+            tokens=s.tokens,
+            amount=s.paid,
+            price_per_1k=s.price_per_1k,
+            result_commitment=s.commitment.hex() if s.commitment else "",
+        )
+        for s in outcome.segments
+    )
+    result = Result(
+        job_id=outcome.job_id.hex(),
+        model_id=model_id,
+        text=text,
+        token_ids=outcome.token_ids,
+        finish_reason=outcome.finish_reason or outcome.reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(outcome.token_ids),
+        cost=outcome.paid,
+        shares=shares,
+        failovers=outcome.failovers,
+        award_ms=1000 * (outcome.awarded_at - run.started_at) if outcome.awarded_at else 0.0,
+        ttft_ms=1000 * (run.first_token_at - run.started_at) if run.first_token_at else 0.0,
+    )
+    if outcome.completed:
+        return result
+    if outcome.reason == BuyerFailure.NO_BIDS:
+        raise NoBidsError(
+            model_id, {d.provider: f"{d.reason.value} {d.detail}".strip() for d in outcome.declines}
+        )
+    if outcome.reason == BuyerFailure.INSUFFICIENT_DEPOSIT:
+        raise InsufficientFundsError(outcome.detail)
+    if outcome.reason == BuyerFailure.CANCELLED:
+        return result
+    raise JobFailedError(outcome.why(), partial=result)
+
+
+@asynccontextmanager
+async def open_client(
+    *,
+    net: NodeNet,
+    key: SigningKey,
+    wallet: BuyerWallet,
+    config: ClientConfig | None = None,
+) -> AsyncIterator[Client]:
+    """Run a buyer client on a started network host (see :mod:`market.sdk.connect`)."""
+    async with trio.open_nursery() as nursery:
+        client = Client(
+            net=net, key=key, wallet=wallet, config=config or ClientConfig(), nursery=nursery
+        )
+        net.set_handler(BID_PROTOCOL, client._on_bid_stream)
+        offers = await net.subscribe(offers_topic(), check=_offer_check)
+        nursery.start_soon(client._watch_offers, offers)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+def _offer_check(data: bytes, origin: str) -> None:
+    offer, sender = open_sealed(data)
+    if not isinstance(offer, Offer) or offer.provider != sender or sender != origin:
+        raise RemoteProtocolError("offers topic carries only offers signed by their provider")

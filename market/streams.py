@@ -1,0 +1,77 @@
+"""How market messages travel on libp2p: protocol ids, sealed frames, message → event.
+
+Every market message — on gossip and on direct streams alike — is a signed
+envelope (:func:`market.protocol.seal`): one mechanism, so the buyer can later show
+a provider's signed result commitment to a verifier, and a relaying peer can never
+put words in another's mouth. On a direct stream the envelope's sender must also be
+the peer at the other end of the (Noise-authenticated) connection.
+
+Two stream protocols:
+
+* ``/hearth/bid/1`` — provider → buyer: one Bid or Decline, then END.
+* ``/hearth/job/1`` — buyer → provider: Award; provider answers Accept (or Error);
+  buyer sends Prompt; provider streams TokenChunk / Heartbeat frames while the buyer
+  sends Voucher frames back; the provider closes with EndOfStream. Either side may
+  send Cancel or Error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from market.protocol import Message, RemoteProtocolError, ReplayGuard, seal, unseal
+from market.protocol.signing import SigningKey
+from p2pnode.net.framing import FramedStream
+
+__all__ = [
+    "BID_PROTOCOL",
+    "JOB_PROTOCOL",
+    "now_ms",
+    "open_sealed",
+    "receive_message",
+    "sealed",
+    "send_message",
+]
+
+BID_PROTOCOL = "/hearth/bid/1"
+JOB_PROTOCOL = "/hearth/job/1"
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: envelopes expire in real time across machines."""
+    return int(time.time() * 1000)
+
+
+def sealed(message: Message, key: SigningKey) -> bytes:
+    """``message`` in a signed envelope from ``key``'s peer, stamped now."""
+    return seal(message, key=key, now_ms=now_ms(), rng=os.urandom)
+
+
+def open_sealed(data: bytes, guard: ReplayGuard | None = None) -> tuple[Message, str]:
+    """Verify an envelope; returns ``(message, sender peer id)``; RemoteProtocolError else."""
+    opened = unseal(data, now_ms=now_ms(), replay_guard=guard)
+    return opened.message, opened.sender
+
+
+async def send_message(fs: FramedStream, message: Message, key: SigningKey) -> None:
+    """Seal ``message`` and send it as one DATA frame."""
+    await fs.send(sealed(message, key))
+
+
+async def receive_message(
+    fs: FramedStream, guard: ReplayGuard | None = None, timeout: float | None = None
+) -> Message | None:
+    """The next message from the peer on ``fs`` (``None`` after its END frame).
+
+    Raises :class:`RemoteProtocolError` if the envelope is invalid or was signed by
+    someone other than the peer on the other end of the stream; transport failures
+    raise :mod:`p2pnode.net.errors` exceptions.
+    """
+    data = await fs.receive(timeout=timeout)
+    if data is None:
+        return None
+    message, sender = open_sealed(data, guard)
+    if fs.peer_id and sender != fs.peer_id:
+        raise RemoteProtocolError(f"envelope signed by {sender}, stream is from {fs.peer_id}")
+    return message
