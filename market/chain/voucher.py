@@ -19,7 +19,9 @@ malleated copy of a signature is never a second valid signature.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import coincurve
 from eth_hash.auto import keccak
@@ -30,6 +32,8 @@ __all__ = [
     "InvalidVoucherSignature",
     "Voucher",
     "VoucherDomain",
+    "draft_signer",
+    "message_verifier",
     "recover_voucher_signer",
     "sign_voucher",
     "voucher_digest",
@@ -190,3 +194,60 @@ def recover_voucher_signer(domain: VoucherDomain, voucher: Voucher, signature: b
     except Exception as exc:  # coincurve raises plain Exception on failure
         raise InvalidVoucherSignature(f"signature does not recover: {exc}") from None
     return bytes(keccak(pub.format(compressed=False)[1:])[-20:])
+
+
+# --------------------------------------------------------------------------------------
+# Adapters for market.protocol (duck-typed so this module never imports the protocol)
+
+
+def message_verifier(
+    *, chain_id: int | None = None, contract: bytes | None = None
+) -> Callable[[Any], bool]:
+    """A ``VoucherVerifier`` for the wire ``Voucher`` message.
+
+    The returned callable takes a message with ``buyer_address``, ``provider_address``,
+    ``token``, ``cumulative_amount``, ``epoch``, ``chain_id``, ``contract`` and
+    ``signature`` and returns ``True`` only if the buyer signed exactly those fields and,
+    when given, the message names our `chain_id` and hub `contract`.
+    """
+
+    def verify(msg: Any) -> bool:
+        if chain_id is not None and msg.chain_id != chain_id:
+            return False
+        if contract is not None and msg.contract != contract:
+            return False
+        try:
+            domain = VoucherDomain(chain_id=msg.chain_id, verifying_contract=msg.contract)
+            voucher = Voucher(
+                buyer=msg.buyer_address,
+                provider=msg.provider_address,
+                token=msg.token,
+                cumulative_amount=msg.cumulative_amount,
+                epoch=msg.epoch,
+            )
+            return recover_voucher_signer(domain, voucher, msg.signature) == voucher.buyer
+        except ValueError:  # includes InvalidVoucherSignature
+            return False
+
+    return verify
+
+
+def draft_signer(eth_private_key: bytes | str) -> Callable[[Any], bytes]:
+    """A ``VoucherSigner``: signs a ``VoucherDraft`` (``buyer_address``,
+    ``provider_address``, ``cumulative_amount``, ``terms.{token, chain_id, contract,
+    epoch}``) with the buyer's key, returning the 65-byte signature."""
+    key = _private_key_bytes(eth_private_key)
+
+    def sign(draft: Any) -> bytes:
+        terms = draft.terms
+        domain = VoucherDomain(chain_id=terms.chain_id, verifying_contract=terms.contract)
+        voucher = Voucher(
+            buyer=draft.buyer_address,
+            provider=draft.provider_address,
+            token=terms.token,
+            cumulative_amount=draft.cumulative_amount,
+            epoch=terms.epoch,
+        )
+        return sign_voucher(key, domain, voucher)
+
+    return sign

@@ -81,3 +81,37 @@ def test_fields_are_validated() -> None:
         Voucher(buyer=b"\x01" * 20, provider=b"\x02" * 20, token=b"\x03" * 20, cumulative_amount=-1)
     with pytest.raises(ValueError):
         VoucherDomain(chain_id=0, verifying_contract=b"\x01" * 20)
+
+
+def test_protocol_adapters_sign_drafts_and_verify_wire_messages() -> None:
+    from market.chain.voucher import draft_signer, message_verifier
+    from market.protocol.messages import Voucher as WireVoucher
+    from market.protocol.payments import ChannelTerms, VoucherDraft
+
+    terms = ChannelTerms(
+        token=VOUCHER.token, chain_id=31337, contract=DOMAIN.verifying_contract, epoch=2
+    )
+    draft = VoucherDraft(
+        job_id=b"\x07" * 16,
+        buyer_address=VOUCHER.buyer,
+        provider_address=VOUCHER.provider,
+        cumulative_amount=VOUCHER.cumulative_amount,
+        terms=terms,
+    )
+    sig = draft_signer(KEY)(draft)
+    assert sig == sign_voucher(KEY, DOMAIN, VOUCHER)  # the same EIP-712 signature
+    wire = dict(
+        job_id=b"\x07" * 16,
+        buyer_address=VOUCHER.buyer,
+        provider_address=VOUCHER.provider,
+        token=VOUCHER.token,
+        cumulative_amount=VOUCHER.cumulative_amount,
+        epoch=2,
+        chain_id=31337,
+        contract=DOMAIN.verifying_contract,
+    )
+    verify = message_verifier(chain_id=31337, contract=DOMAIN.verifying_contract)
+    assert verify(WireVoucher(**wire, signature=sig))
+    assert not verify(WireVoucher(**{**wire, "cumulative_amount": 10**6 + 1}, signature=sig))
+    assert not verify(WireVoucher(**wire, signature=b"\x00" * 65))
+    assert not message_verifier(chain_id=1)(WireVoucher(**wire, signature=sig))
