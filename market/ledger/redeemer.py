@@ -33,7 +33,9 @@ from market.chain.errors import ContractReverted
 from market.chain.events import LogPoller
 from market.ledger.store import CONFIRMED, DROPPED, FAILED, PENDING, Ledger, StoredVoucher
 
-__all__ = ["Redeemer", "RedemptionPolicy", "RedemptionResult"]
+__all__ = ["REJECTED", "Redeemer", "RedemptionPolicy", "RedemptionResult"]
+
+REJECTED = "rejected"
 
 REDEEM_GAS_ESTIMATE = 110_000
 
@@ -86,12 +88,16 @@ class Redeemer:
         return self.hub.redeemed(v.buyer, v.provider, v.token)
 
     def accrued(self, sv: StoredVoucher) -> int:
-        """What redeeming `sv` now would take (0 if nothing, or if its epoch is void)."""
+        """What redeeming `sv` now would take: the unredeemed part, capped by the buyer's
+        deposit (0 if nothing is owed or its epoch is void)."""
         redeemed, epoch = self.onchain(sv)
         if sv.voucher.epoch < epoch:
             return 0
         already = redeemed if sv.voucher.epoch == epoch else 0
-        return max(0, sv.voucher.cumulative_amount - already)
+        owed = max(0, sv.voucher.cumulative_amount - already)
+        if owed == 0:
+            return 0
+        return min(owed, self.hub.balance_of(sv.voucher.buyer, sv.voucher.token))
 
     def due(
         self, *, now: int | None = None, gas_price_wei: int | None = None
@@ -143,8 +149,15 @@ class Redeemer:
         return RedemptionResult(rid, CONFIRMED, receipt)
 
     def redeem_due(self, **kwargs: int) -> list[RedemptionResult]:
-        """Redeem every due voucher, one transaction each."""
-        return [self.redeem(sv) for sv in self.due(**kwargs)]
+        """Redeem every due voucher, one transaction each. A voucher the chain refuses
+        at gas estimation (nothing was signed or recorded) is reported ``rejected``."""
+        results = []
+        for sv in self.due(**kwargs):
+            try:
+                results.append(self.redeem(sv))
+            except ContractReverted:
+                results.append(RedemptionResult(-1, REJECTED, None))
+        return results
 
     def reconcile(self, *, wait_s: float = 60.0) -> list[RedemptionResult]:
         """Settle every ``pending`` redemption from the chain (call on start-up)."""

@@ -24,6 +24,7 @@ Tables
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,10 @@ class Ledger:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.db = sqlite_utils.Database(self.path)
+        # Opened with check_same_thread=False: the node drives the ledger from trio's
+        # worker threads, one call at a time (behind the TrioChain limiter). Another
+        # process or thread that wants to read opens its own Ledger (WAL lets it).
+        self.db = sqlite_utils.Database(sqlite3.connect(self.path, check_same_thread=False))
         if self.path != ":memory:":
             self.db.enable_wal()
         self.db.execute("PRAGMA busy_timeout = 10000")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from market.chain.errors import ContractReverted
 from market.ledger import Ledger, Redeemer, RedemptionPolicy
 from tests.market.chain.conftest import Market
 
@@ -81,4 +84,47 @@ def test_older_epoch_is_redeemed_before_newer(market: Market, tmp_path: Path) ->
     assert (
         market.hub().balance_of(market.buyer.address, market.deployment.token)
         == 1_000 * 10**6 - 940
+    )
+
+
+def test_drained_buyer_is_not_due_and_refusals_do_not_stop_the_loop(
+    market: Market, tmp_path: Path
+) -> None:
+    ledger = Ledger(tmp_path / "l.db")
+    r = _redeemer(market, ledger)
+    _hold(market, ledger, 5_000)
+    market.hub(market.buyer).request_withdrawal(market.deployment.token, 10**12)
+    market.admin.advance_time(market.deployment.withdrawal_delay_s + 1)
+    market.hub(market.buyer).execute_withdrawal(market.deployment.token)  # buyer leaves first
+    assert r.due(gas_price_wei=0) == []  # nothing to take: no transaction wasted
+    with pytest.raises(ContractReverted) as info:  # refused at gas estimation …
+        r.redeem(ledger.vouchers()[0])
+    assert info.value.name == "PaymentHubBuyerBalanceEmpty"
+    assert ledger.redemptions() == []  # … so nothing was signed, recorded or sent
+
+
+async def test_service_reconciles_then_redeems(market: Market, tmp_path: Path) -> None:
+    import trio
+
+    from market.chain.aio import TrioChain
+    from market.ledger import run_redeemer
+
+    ledger = Ledger(tmp_path / "l.db")
+    r = Redeemer(ledger, market.hub(market.provider), RedemptionPolicy(gas_multiple=0))
+    _hold(market, ledger, 9_000)
+    chain = TrioChain()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_redeemer(r, chain, interval_s=0.05, task_status=task_status)
+        )
+        reader = Ledger(tmp_path / "l.db")  # a second connection, as a status command would
+        with trio.fail_after(60):
+            while not reader.redemptions("confirmed"):
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert (
+        market.hub().redeemed(
+            market.buyer.address, market.provider.address, market.deployment.token
+        )[0]
+        == 9_000
     )
