@@ -1,0 +1,713 @@
+"""The deterministic market simulator: the node's real job machines, many of them.
+
+:class:`Simulation` plays N providers and M buyers through J jobs. It is a driver
+exactly like the node: it feeds events into :class:`~market.protocol.buyer.BuyerJob`
+and :class:`~market.protocol.provider.ProviderJob` and carries out the actions they
+return — over a simulated network (:mod:`market.sim.network`), sharded gossip
+(:mod:`market.sim.gossip`) and a fake engine that produces deterministic tokens
+(token *i* of a job depends only on the job and *i*, so a failover that resumes from
+the delivered prefix yields the same output as an uninterrupted run).
+
+Faults, all drawn from the seed: crashes (the node's machines vanish; half the
+buyers see an EOF at once, the others must notice the silence), rejoins, freezes
+(the node stops processing for a while, then resumes with stale machines), message
+loss, and region partitions. After every event the
+:class:`~market.sim.invariants.InvariantChecker` runs on what the event touched;
+the first violation stops the run, and the report carries the command that
+reproduces it.
+
+What the simulator does *not* build: envelopes, signatures, encodings (messages are
+passed as objects; a voucher's "signature" is the buyer's address).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from market.protocol import actions as A
+from market.protocol import events as E
+from market.protocol.auction import WeightedScorer
+from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.messages import (
+    Accept,
+    Award,
+    Bid,
+    Cancel,
+    Decline,
+    EndOfStream,
+    Error,
+    ErrorCode,
+    Heartbeat,
+    Message,
+    Prompt,
+    Rfq,
+    TokenChunk,
+    Voucher,
+)
+from market.protocol.outcomes import BuyerOutcome, ProviderOutcome
+from market.protocol.payments import ChannelTerms
+from market.protocol.policy import ProviderStatus
+from market.protocol.provider import ProviderConfig, ProviderJob, ProviderState
+from market.sim.core import EventQueue
+from market.sim.gossip import ShardedGossip
+from market.sim.invariants import InvariantChecker, Violation
+from market.sim.network import NetworkModel, Partition
+from market.sim.world import (
+    BuyerNode,
+    Generation,
+    JobMeta,
+    ProviderNode,
+    SimConfig,
+    Tracked,
+    model_id,
+)
+
+__all__ = ["SimReport", "Simulation", "run"]
+
+# entry kinds in the event queue
+_DELIVER, _TIMER, _ENGINE, _ARRIVAL, _FAULT, _RFQ, _EOF = range(7)
+
+_MESH_HOP_S = 0.015  # one GossipSub forwarding hop inside a shard
+_BID_WINDOW_MS = 300
+
+
+class _Reputation:
+    """Every buyer's view of providers (shared in the simulator: a simplification)."""
+
+    __slots__ = ("scores",)
+
+    def __init__(self) -> None:
+        self.scores: dict[str, float] = {}
+
+    def reputation(self, provider: str) -> float:
+        return self.scores.get(provider, 0.8)
+
+    def adjust(self, peer: str, delta: float) -> None:
+        s = self.scores.get(peer, 0.8) + delta
+        self.scores[peer] = 0.0 if s < 0.0 else (1.0 if s > 1.0 else s)
+
+
+@dataclass(slots=True)
+class SimReport:
+    """Figures of one run (``as_json()`` is the CLI's ``--json`` object)."""
+
+    config: SimConfig
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    jobs_lost: int = 0
+    award_ms: list[float] = field(default_factory=list)
+    direct_messages: int = 0
+    gossip_messages: int = 0
+    bids: int = 0
+    failovers: int = 0
+    tokens: int = 0
+    paid: int = 0
+    events: int = 0
+    sim_time_s: float = 0.0
+    wall_s: float = 0.0
+    crashes: int = 0
+    freezes: int = 0
+    violations: list[Violation] = field(default_factory=list)
+
+    @staticmethod
+    def _pct(xs: list[float], q: float) -> float:
+        if not xs:
+            return 0.0
+        s = sorted(xs)
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    @property
+    def jobs(self) -> int:
+        return self.jobs_completed + self.jobs_failed
+
+    def as_json(self) -> dict[str, Any]:
+        jobs = max(self.jobs, 1)
+        v = self.violations[0] if self.violations else None
+        return {
+            "providers": self.config.providers,
+            "buyers": self.config.n_buyers,
+            "seed": self.config.seed,
+            "jobs": self.jobs,
+            "jobs_completed": self.jobs_completed,
+            "jobs_failed": self.jobs_failed,
+            "failed_by_reason": dict(sorted(self.failed_by_reason.items())),
+            "jobs_lost": self.jobs_lost,
+            "invariant_violations": len(self.violations),
+            "violation": None
+            if v is None
+            else {
+                "invariant": v.invariant,
+                "detail": v.detail,
+                "time": v.time,
+                "event": v.event_index,
+            },
+            "repro": self.config.command() if v is not None else None,
+            "messages_per_job": round((self.direct_messages + self.gossip_messages) / jobs, 2),
+            "direct_messages_per_job": round(self.direct_messages / jobs, 2),
+            "gossip_messages_per_job": round(self.gossip_messages / jobs, 2),
+            "bids_per_job": round(self.bids / jobs, 2),
+            "award_ms": {
+                "p50": round(1000 * self._pct(self.award_ms, 0.5), 1),
+                "p95": round(1000 * self._pct(self.award_ms, 0.95), 1),
+            },
+            "failovers": self.failovers,
+            "crashes": self.crashes,
+            "freezes": self.freezes,
+            "tokens": self.tokens,
+            "events": self.events,
+            "sim_time_s": round(self.sim_time_s, 2),
+            "events_per_s": round(self.events / self.wall_s) if self.wall_s > 0 else 0,
+            "wall_s": round(self.wall_s, 2),
+        }
+
+
+class Simulation:
+    """One seeded run. ``run()`` returns a :class:`SimReport`."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.cfg = cfg = config
+        seed = cfg.seed
+        world = random.Random(f"{seed}/world")
+        self.rng = random.Random(f"{seed}/run")
+        self.q = EventQueue()
+        self.check = InvariantChecker()
+        self.report = SimReport(config=cfg)
+        self.net = NetworkModel(rng=random.Random(f"{seed}/net"), loss=cfg.loss)
+        self.terms = ChannelTerms(token=b"\x07" * 20, chain_id=31337, contract=b"\x0c" * 20)
+        self.model_ids = [model_id(i) for i in range(cfg.models)]
+        self.rep = _Reputation()
+        self.scorer = WeightedScorer()
+        self.buyer_cfg = BuyerConfig(accept_timeout_s=1.5, silence_timeout_s=3.0, max_rounds=4)
+        self.provider_cfg = ProviderConfig(
+            bid_ttl_s=8.0, heartbeat_interval_s=1.0, payment_timeout_s=4.0
+        )
+        self.rate = max(cfg.providers * cfg.jobs_per_provider_s, 0.5)
+        self.horizon = cfg.jobs / self.rate  # expected arrival span, seconds
+        max_job_cost = cfg.max_tokens * cfg.max_price_per_1k // 1000 + 1
+        per_buyer = math.ceil(cfg.jobs / cfg.n_buyers) + 8
+        deposit = per_buyer * max_job_cost * 2
+        self.deposits: dict[bytes, int] = {}
+        self.buyers = [
+            BuyerNode(i, world, self.terms, deposit, cfg.inject == "overpay")
+            for i in range(cfg.n_buyers)
+        ]
+        for b in self.buyers:
+            self.deposits[b.address] = deposit
+        self.providers = [
+            ProviderNode(
+                i,
+                world,
+                cfg.models,
+                self.model_ids,
+                self.terms,
+                self.deposits,
+                cfg.max_price_per_1k,
+                cfg.chunk_tokens,
+            )
+            for i in range(cfg.providers)
+        ]
+        self.nodes: dict[str, ProviderNode | BuyerNode] = {}
+        for p in self.providers:
+            self.nodes[p.name] = p
+        for b in self.buyers:
+            self.nodes[b.name] = b
+        holders: list[list[int]] = [[] for _ in range(cfg.models)]
+        for p in self.providers:
+            for m in p.model_idx:
+                holders[m].append(p.idx)
+        keys = [world.getrandbits(32) for _ in self.providers]
+        self.gossip = ShardedGossip(
+            random.Random(f"{seed}/mesh"),
+            holders,
+            keys,
+            shard_size=cfg.shard_size,
+            degree=cfg.mesh_degree,
+        )
+        self.free_slots = [0] * cfg.models  # live, able, price-ok providers' free slots
+        for p in self.providers:
+            self._recount(p)
+        self.meta: dict[bytes, JobMeta] = {}
+        self.created = 0
+        self.open_jobs = 0
+        self.signed: dict[tuple[bytes, bytes], int] = {}
+        self.spent_seen: dict[bytes, int] = {}
+        self._schedule_faults(random.Random(f"{seed}/faults"))
+        self._deliver: dict[type[Message], Callable[[str, Any], E.Event]] = {
+            Bid: lambda s, m: E.BidReceived(sender=s, bid=m, region=""),
+            Decline: lambda s, m: E.DeclineReceived(sender=s, decline=m),
+            Accept: lambda s, m: E.AcceptReceived(sender=s, accept=m),
+            TokenChunk: lambda s, m: E.ChunkReceived(sender=s, chunk=m),
+            EndOfStream: lambda s, m: E.EndReceived(sender=s, end=m),
+            Error: lambda s, m: E.ErrorReceived(sender=s, error=m),
+            Heartbeat: lambda s, m: E.HeartbeatReceived(sender=s, heartbeat=m),
+            Cancel: lambda s, m: E.CancelReceived(sender=s, cancel=m),
+            Prompt: lambda s, m: E.PromptReceived(sender=s, prompt=m),
+            Voucher: lambda s, m: E.VoucherReceived(sender=s, voucher=m),
+        }
+
+    # ---------------------------------------------------------------- setup
+
+    def _schedule_faults(self, rng: random.Random) -> None:
+        cfg = self.cfg
+        span = max(self.horizon, 1.0)
+        n_crash = round(cfg.crash_rate * cfg.providers)
+        n_freeze = round(cfg.freeze_rate * cfg.providers)
+        order = list(range(cfg.providers))
+        rng.shuffle(order)
+        for i in order[:n_crash]:
+            t = rng.uniform(0.05 * span, 0.9 * span)
+            self.q.push(t, _FAULT, self.providers[i], "crash")
+            if rng.random() < 0.5:
+                self.q.push(t + rng.uniform(2.0, 20.0), _FAULT, self.providers[i], "rejoin")
+        for i in order[n_crash : n_crash + n_freeze]:
+            t = rng.uniform(0.05 * span, 0.9 * span)
+            self.q.push(t, _FAULT, self.providers[i], ("freeze", rng.uniform(4.0, 20.0)))
+        for _ in range(cfg.partitions):
+            a, b = rng.sample(range(4), 2)
+            t = rng.uniform(0.1 * span, 0.8 * span)
+            self.net.partitions.append(Partition(t, t + rng.uniform(1.0, 5.0), a, b))
+
+    # ----------------------------------------------------------------- loop
+
+    def run(self, *, max_events: int | None = None) -> SimReport:
+        """Run until every job has ended (or an invariant breaks); return the figures."""
+        t0 = time.perf_counter()
+        q = self.q
+        check = self.check
+        q.push(0.0, _ARRIVAL)
+        limit = max_events if max_events is not None else 1 << 62
+        deadline = self.horizon + 3600.0
+        dispatch = {
+            _DELIVER: self._on_deliver,
+            _TIMER: self._on_timer,
+            _ENGINE: self._on_engine,
+            _ARRIVAL: self._on_arrival,
+            _FAULT: self._on_fault,
+            _RFQ: self._on_rfq,
+            _EOF: self._on_eof,
+        }
+        while q and not check.violations:
+            if self.created >= self.cfg.jobs and self.open_jobs == 0:
+                break
+            if q.popped >= limit or q.now > deadline:
+                break
+            t, kind, a, b = q.pop()
+            check.now = t
+            check.event_index = q.popped
+            dispatch[kind](t, a, b)
+        if not check.violations and self.created >= self.cfg.jobs:
+            for job_id in check.open_jobs:
+                check.unfinished(job_id)
+                break
+        r = self.report
+        r.events = q.popped
+        r.sim_time_s = q.now
+        r.wall_s = time.perf_counter() - t0
+        r.violations = list(check.violations)
+        return r
+
+    # ------------------------------------------------------------- handlers
+
+    def _on_arrival(self, now: float, a: Any, b: Any) -> None:
+        cfg = self.cfg
+        rng = self.rng
+        self.created += 1
+        if self.created < cfg.jobs:
+            self.q.push(now + rng.expovariate(self.rate), _ARRIVAL)
+        buyer = self.buyers[rng.randrange(len(self.buyers))]
+        model = rng.randrange(cfg.models)
+        job_id = rng.getrandbits(128).to_bytes(16, "big")
+        pinned = rng.random() < 0.1
+        rfq = Rfq(
+            job_id=job_id,
+            buyer=buyer.name,
+            buyer_address=buyer.address,
+            model_id=self.model_ids[model],
+            prompt_tokens=rng.randint(8, 512),
+            max_tokens=rng.randint(cfg.min_tokens, cfg.max_tokens),
+            max_price_per_1k=cfg.max_price_per_1k,
+            region=("us-east", "us-west", "eu-west", "ap-south")[buyer.region] if pinned else "",
+            bid_window_ms=_BID_WINDOW_MS,
+        )
+        prompt = Prompt(job_id=job_id, prompt="simulated prompt")
+        machine = BuyerJob(
+            rfq=rfq,
+            prompt=prompt,
+            wallet=buyer.wallet,
+            scorer=self.scorer,
+            reputation=self.rep,
+            config=self.buyer_cfg,
+        )
+        shards = self.gossip.n_shards(model)
+        self.meta[job_id] = JobMeta(buyer, model, now, rng.randrange(shards), pinned)
+        tr = Tracked(machine, buyer)
+        buyer.jobs[job_id] = tr
+        self.open_jobs += 1
+        self.check.job_started(job_id)
+        self._drive(tr, E.JobSubmitted(), now)
+
+    def _on_rfq(self, now: float, p: ProviderNode, rfq: Rfq) -> None:
+        if not p.alive or p.frozen_until > now:
+            return
+        old = p.machines.get(rfq.job_id)
+        if old is not None:
+            if not old.machine.finished:
+                return  # a duplicate round while we still hold a bid
+            old.dead = True
+        m = ProviderJob(
+            provider=p.name,
+            provider_address=p.address,
+            policy=p.policy,
+            book=p.book,
+            config=self.provider_cfg,
+        )
+        tr = Tracked(m, p)
+        p.machines[rfq.job_id] = tr
+        self._drive(tr, E.RfqReceived(rfq=rfq, status=self._status(p)), now)
+
+    def _on_deliver(
+        self, now: float, dst: ProviderNode | BuyerNode, env: tuple[str, Message]
+    ) -> None:
+        sender, msg = env
+        if isinstance(dst, BuyerNode):
+            tr = dst.jobs.get(msg.job_id)  # type: ignore[attr-defined]
+            if tr is None:
+                return
+            self._drive(tr, self._deliver[type(msg)](sender, msg), now)
+            return
+        if not dst.alive or dst.frozen_until > now:
+            return
+        tr = dst.machines.get(msg.job_id)  # type: ignore[attr-defined]
+        if isinstance(msg, Award):
+            if tr is None:
+                # the node no longer has this job (evicted or restarted): refuse at once
+                err = Error(job_id=msg.job_id, code=ErrorCode.OVERLOADED, message="no open bid")
+                self._send(dst, sender, err, now)
+                return
+            self._drive(
+                tr, E.AwardReceived(sender=sender, award=msg, status=self._status(dst)), now
+            )
+            return
+        if tr is None:
+            return
+        self._drive(tr, self._deliver[type(msg)](sender, msg), now)
+
+    def _on_timer(self, now: float, tr: Tracked, b: Any) -> None:
+        if tr.dead or tr.timer_at != now:
+            return
+        owner = tr.owner
+        if isinstance(owner, ProviderNode) and owner.frozen_until > now:
+            tr.timer_at = owner.frozen_until
+            self.q.push(owner.frozen_until, _TIMER, tr)
+            return
+        tr.timer_at = None
+        d = tr.machine.next_deadline()
+        if d is None:
+            return
+        if d > now:
+            tr.timer_at = d
+            self.q.push(d, _TIMER, tr)
+            return
+        self._drive(tr, E.DeadlinePassed(), now)
+
+    def _on_engine(self, now: float, p: ProviderNode, key: tuple[bytes, int]) -> None:
+        job_id, epoch = key
+        if not p.alive or p.epoch != epoch:
+            return
+        if p.frozen_until > now:
+            self.q.push(p.frozen_until, _ENGINE, p, key)
+            return
+        g = p.engine.get(job_id)
+        tr = p.machines.get(job_id)
+        if g is None or tr is None:
+            return
+        g.scheduled = False
+        if g.paused:
+            return
+        k = min(self.cfg.chunk_tokens, g.finish_at - g.produced)
+        pos = g.base + g.produced
+        salt = int.from_bytes(job_id[:4], "big")
+        ids = tuple((salt + (pos + i) * 7919) % 32000 for i in range(k))
+        lps = tuple(-((t % 97) / 32.0) for t in ids)
+        g.produced += k
+        self._drive(tr, E.TokensGenerated(token_ids=ids, logprobs=lps, text=""), now)
+        if job_id not in p.engine:
+            return
+        if g.produced >= g.finish_at:
+            del p.engine[job_id]
+            m = tr.machine
+            assert isinstance(m, ProviderJob)
+            reason = (
+                "length"
+                if m.award is not None and g.base + g.produced >= m.award.max_tokens
+                else "stop"
+            )
+            self._drive(tr, E.GenerationFinished(finish_reason=reason), now)  # type: ignore[arg-type]
+        elif not g.paused:
+            self._schedule_step(p, g, now)
+
+    def _on_fault(self, now: float, p: ProviderNode, what: Any) -> None:
+        if what == "crash":
+            if not p.alive:
+                return
+            self.report.crashes += 1
+            p.alive = False
+            p.epoch += 1
+            rng = self.rng
+            for job_id, tr in p.machines.items():
+                tr.dead = True
+                m = tr.machine
+                assert isinstance(m, ProviderJob)
+                if (
+                    m.rfq is not None
+                    and m.state
+                    in (
+                        ProviderState.ACCEPTED,
+                        ProviderState.STREAMING,
+                    )
+                    and rng.random() < 0.5
+                ):  # the buyer's stream reads EOF
+                    self.q.push(now + 0.05, _EOF, m.rfq.buyer, (job_id, p.name))
+            p.machines.clear()
+            p.engine.clear()
+            p.active = 0
+        elif what == "rejoin":
+            p.alive = True
+        elif what == "thaw":
+            pass
+        else:
+            _, length = what
+            self.report.freezes += 1
+            p.frozen_until = now + length
+        self._recount(p)
+        if isinstance(what, tuple):
+            self.q.push(p.frozen_until, _FAULT, p, "thaw")
+
+    def _on_eof(self, now: float, buyer_name: str, key: tuple[bytes, str]) -> None:
+        job_id, peer = key
+        b = self.nodes[buyer_name]
+        assert isinstance(b, BuyerNode)
+        tr = b.jobs.get(job_id)
+        if tr is not None:
+            self._drive(tr, E.PeerDisconnected(peer=peer), now)
+
+    # --------------------------------------------------------------- driving
+
+    def _status(self, p: ProviderNode) -> ProviderStatus:
+        return ProviderStatus(
+            provider=p.name,
+            provider_address=p.address,
+            region=("us-east", "us-west", "eu-west", "ap-south")[p.region],
+            power_state=p.power,  # type: ignore[arg-type]
+            models=p.models,
+            active_jobs=p.active,
+            capacity=p.capacity,
+            tokens_per_s=p.tps,
+        )
+
+    def _drive(self, tr: Tracked, event: E.Event, now: float) -> None:
+        """Feed one event to a machine, carry out its actions, re-arm its timer."""
+        m = tr.machine
+        actions = m.handle(event, now)
+        owner = tr.owner
+        if isinstance(owner, BuyerNode):
+            self._buyer_actions(owner, tr, actions, now)
+        else:
+            self._provider_actions(owner, tr, actions, now)
+            assert isinstance(m, ProviderJob)
+            if m.award is not None and m.state is not ProviderState.DONE:
+                self.check.provider_credit(m.award.job_id, m.unpaid_chunks, m.award.credit_chunks)
+        if tr.dead or m.finished:
+            return
+        d = m.next_deadline()
+        if d is not None and (tr.timer_at is None or d < tr.timer_at):
+            d = max(d, now)
+            tr.timer_at = d
+            self.q.push(d, _TIMER, tr)
+
+    def _send(self, src: ProviderNode | BuyerNode, to: str, msg: Message, now: float) -> None:
+        dst = self.nodes.get(to)
+        if dst is None:
+            return
+        self.report.direct_messages += 1
+        ai = src.idx if isinstance(src, ProviderNode) else -1 - src.idx
+        bi = dst.idx if isinstance(dst, ProviderNode) else -1 - dst.idx
+        if isinstance(msg, (Bid, Decline)):
+            t = self.net.dial_arrival(now, ai, bi, src.region, dst.region)
+        else:
+            t = self.net.stream_arrival(now, ai, bi, src.region, dst.region)
+        if t is not None:
+            self.q.push(t, _DELIVER, dst, (src.name, msg))
+
+    def _buyer_actions(
+        self, b: BuyerNode, tr: Tracked, actions: list[A.Action], now: float
+    ) -> None:
+        check = self.check
+        for act in actions:
+            if isinstance(act, A.Send):
+                msg = act.message
+                if isinstance(msg, Award):
+                    check.awarded(msg.job_id, msg.provider, msg.price_per_1k, msg.resume_offset)
+                elif isinstance(msg, Voucher):
+                    key = (b.address, msg.provider_address)
+                    prev = self.signed.get(key, 0)
+                    self.signed[key] = msg.cumulative_amount
+                    delta = msg.cumulative_amount - prev
+                    self.spent_seen[b.address] = self.spent_seen.get(b.address, 0) + delta
+                    check.paid(msg.job_id, act.to, delta)
+                    w = b.wallet
+                    check.wallet(
+                        b.name, w.deposit, w.spent, w.available, self.spent_seen[b.address]
+                    )
+                self._send(b, act.to, msg, now)
+            elif isinstance(act, A.DeliverTokens):
+                check.delivered(tr.machine.job_id, act.provider, act.offset, len(act.token_ids))  # type: ignore[arg-type]
+            elif isinstance(act, A.Publish):
+                self._publish(b, act.rfq, now)
+            elif isinstance(act, A.ScorePeer):
+                self.rep.adjust(act.peer, act.delta)
+            elif isinstance(act, A.ReportOutcome):
+                out = act.outcome
+                assert isinstance(out, BuyerOutcome)
+                if self.cfg.inject == "lose_outcome" and self.report.jobs == 0:
+                    continue  # deliberate bug: the driver forgets a finished job
+                self._job_done(b, out)
+
+    def _provider_actions(
+        self, p: ProviderNode, tr: Tracked, actions: list[A.Action], now: float
+    ) -> None:
+        for act in actions:
+            if isinstance(act, A.Send):
+                self._send(p, act.to, act.message, now)
+            elif isinstance(act, A.ClaimSlot):
+                p.active += 1
+                self._recount(p)
+            elif isinstance(act, A.ReleaseSlot):
+                p.active -= 1
+                self._recount(p)
+            elif isinstance(act, A.StartGeneration):
+                m = tr.machine
+                assert isinstance(m, ProviderJob) and m.award is not None
+                job_id = m.award.job_id
+                n = act.max_new_tokens
+                # most jobs stop on their own before max_tokens
+                finish_at = (
+                    n if self.rng.random() < 0.3 else max(1, int(n * self.rng.uniform(0.5, 1.0)))
+                )
+                g = Generation(job_id, m.award.resume_offset, finish_at)
+                p.engine[job_id] = g
+                ttft = 0.08 + 0.04 * p.active
+                g.scheduled = True
+                self.q.push(now + ttft, _ENGINE, p, (job_id, p.epoch))
+            elif isinstance(act, A.PauseGeneration):
+                g2 = p.engine.get(act.job_id)
+                if g2 is not None:
+                    g2.paused = True
+            elif isinstance(act, A.ResumeGeneration):
+                g3 = p.engine.get(act.job_id)
+                if g3 is not None:
+                    g3.paused = False
+                    if not g3.scheduled:
+                        self._schedule_step(p, g3, now)
+            elif isinstance(act, A.StopGeneration):
+                p.engine.pop(act.job_id, None)
+            elif isinstance(act, A.StoreVoucher):
+                v = act.voucher
+                signed = self.signed.get((v.buyer_address, p.address), 0)
+                self.check.channel(
+                    v.buyer_address.hex(), p.name, signed, p.book.cumulative(v.buyer_address)
+                )
+            elif isinstance(act, A.ReportOutcome):
+                out = act.outcome
+                assert isinstance(out, ProviderOutcome)
+                if p.machines.get(out.job_id) is tr:
+                    del p.machines[out.job_id]
+                tr.dead = True
+
+    def _schedule_step(self, p: ProviderNode, g: Generation, now: float) -> None:
+        tps = p.tps * (0.5 if p.power == "throttled" else 1.0)
+        g.scheduled = True
+        self.q.push(now + self.cfg.chunk_tokens / tps, _ENGINE, p, (g.job_id, p.epoch))
+
+    def _publish(self, b: BuyerNode, rfq: Rfq, now: float) -> None:
+        meta = self.meta[rfq.job_id]
+        gossip = self.gossip
+        n_shards = gossip.n_shards(meta.model)
+        shard = (meta.shard0 + meta.publishes) % n_shards
+        meta.publishes += 1
+        members = gossip.members(meta.model, shard)
+        if not members:
+            return
+        self.report.gossip_messages += gossip.transmissions(meta.model, shard)
+        entry = self.rng.randrange(len(members))
+        hops = gossip.hops(meta.model, shard, entry)
+        net = self.net
+        loss = net.loss
+        rng = self.rng
+        base = now + net.base_s(b.region, self.providers[members[entry]].region)
+        for j, pi in enumerate(members):
+            if loss and rng.random() < loss:
+                continue
+            p = self.providers[pi]
+            if net.partitions and net.cut(now, b.region, p.region):
+                continue
+            self.q.push(base + hops[j] * _MESH_HOP_S, _RFQ, p, rfq)
+
+    def _job_done(self, b: BuyerNode, out: BuyerOutcome) -> None:
+        r = self.report
+        meta = self.meta.pop(out.job_id)
+        tr = b.jobs.pop(out.job_id)
+        tr.dead = True
+        self.open_jobs -= 1
+        lost = False
+        if out.completed:
+            r.jobs_completed += 1
+        else:
+            r.jobs_failed += 1
+            r.failed_by_reason[out.reason] = r.failed_by_reason.get(out.reason, 0) + 1
+            if (
+                out.reason in ("no_bids", "providers_exhausted")
+                and not meta.region_pinned
+                and self.free_slots[meta.model] > 0
+            ):
+                lost = True
+                r.jobs_lost += 1
+        if out.awarded_at is not None:
+            r.award_ms.append(out.awarded_at - meta.start)
+        r.bids += out.bids
+        r.failovers += out.failovers
+        r.tokens += len(out.token_ids)
+        r.paid += out.paid
+        self.check.job_finished(
+            out.job_id,
+            out.completed,
+            out.reason,
+            [(s.provider, s.price_per_1k, s.tokens, s.paid) for s in out.segments],
+            lost,
+        )
+
+    def _recount(self, p: ProviderNode) -> None:
+        """Keep ``free_slots[model]`` = free slots of live, able, price-ok providers."""
+        able = (
+            p.alive
+            and p.frozen_until <= self.q.now
+            and p.power in ("normal", "throttled")
+            and p.price_ok
+        )
+        new = max(0, p.capacity - p.active) if able else 0
+        if new != p.contrib:
+            d = new - p.contrib
+            p.contrib = new
+            for m in p.model_idx:
+                self.free_slots[m] += d
+
+
+def run(config: SimConfig, *, max_events: int | None = None) -> SimReport:
+    """Build and run one simulation."""
+    return Simulation(config).run(max_events=max_events)
