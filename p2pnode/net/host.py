@@ -419,6 +419,9 @@ async def open_node_host(
     relay.install()
     _guard_inbound(host, on_inbound_error)
 
+    # py-libp2p's service managers (DHT, relay) can swallow an exception raised in the
+    # caller's block while they shut down; remember it and raise it after cleanup.
+    body_error: BaseException | None = None
     try:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run([multiaddr.Multiaddr(a) for a in cfg.listen]))
@@ -436,9 +439,14 @@ async def open_node_host(
             nursery.start_soon(net._cache_loop)
             try:
                 yield net
+            except BaseException as e:
+                body_error = e
+                raise
             finally:
                 net.save_peer_cache()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await _close_network(host)
+    if body_error is not None:
+        raise body_error
