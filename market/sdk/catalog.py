@@ -63,8 +63,10 @@ class Catalog:
 
     def resolve(self, model: str, now: float) -> str | None:
         """A model's content address from its name or address (``None``: not offered)."""
-        wanted = model.removeprefix("sha256:")
+        wanted = model.removeprefix("sha256:").lower()
         for m in self.models(now):
-            if wanted in (m.model_id, m.name):
+            name = m.name.lower()
+            # "SmolLM2-135M-Instruct" also names "SmolLM2-135M-Instruct.Q4_1" (a quantisation)
+            if wanted in (m.model_id, name, name.rsplit(".", 1)[0]):
                 return m.model_id
         return None

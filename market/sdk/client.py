@@ -112,7 +112,7 @@ _PEER_EVENTS: dict[type, Callable[[str, Any], Event]] = {
 class ClientConfig:
     """Buyer-side knobs: price ceiling, auction window, region preference, timeouts."""
 
-    max_price_per_1k: int = 10**18
+    max_price_per_1k: int | None = None  # None: twice the cheapest offer seen for the model
     bid_window_ms: int = 400
     region: str = ""
     machine: BuyerConfig = field(default_factory=BuyerConfig)
@@ -236,11 +236,18 @@ class Client:
         messages: list[dict[str, str]] | None,
         prompt_text: str | None,
         p: GenerationParams,
-        ceiling: int,
+        ceiling: int | None,
         out: trio.MemorySendChannel[Any],
         handle: JobHandle,
     ) -> Result:
         model_id = await self.resolve_model(model)
+        if ceiling is None:
+            best = [
+                m.best_price_per_1k
+                for m in self.catalog.models(trio.current_time())
+                if m.model_id == model_id
+            ]
+            ceiling = 2 * min(best) if best else 0
         job_id = os.urandom(16)
         text_len = len(prompt_text or "") + sum(len(m["content"]) + 8 for m in messages or [])
         prompt_tokens = max(1, text_len // 4)  # an estimate: the buyer holds no tokenizer

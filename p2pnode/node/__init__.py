@@ -1,0 +1,1 @@
+"""The homeowner's node: offers, bids, serving awarded jobs, collecting payment."""

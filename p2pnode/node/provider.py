@@ -1,0 +1,408 @@
+"""The provider side of the market: answer RFQs, serve awarded jobs, collect vouchers.
+
+A thin driver around :class:`market.protocol.provider.ProviderJob` (one per RFQ
+seen): it feeds the machine what the network and the serving engine produce and
+carries out the actions it returns. Pricing, credit, heartbeats and the result
+commitment are the machine's decisions; this module only moves bytes and tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from market.ledger import Ledger
+from market.protocol import (
+    Award,
+    Cancel,
+    Heartbeat,
+    Prompt,
+    RemoteProtocolError,
+    ReplayGuard,
+    Rfq,
+    Voucher,
+)
+from market.protocol.actions import (
+    Action,
+    ClaimSlot,
+    PauseGeneration,
+    ReleaseSlot,
+    ReportOutcome,
+    ResumeGeneration,
+    ScorePeer,
+    Send,
+    SendBid,
+    SendDecline,
+    StartGeneration,
+    StopGeneration,
+    StoreVoucher,
+)
+from market.protocol.events import (
+    AwardReceived,
+    CancelReceived,
+    DeadlinePassed,
+    Event,
+    GenerationFailed,
+    GenerationFinished,
+    PeerDisconnected,
+    PromptReceived,
+    RfqReceived,
+    TokensGenerated,
+    VoucherReceived,
+)
+from market.protocol.outcomes import ProviderOutcome
+from market.protocol.payments import VoucherBook
+from market.protocol.policy import BidPolicy, ProviderStatus
+from market.protocol.provider import ProviderConfig, ProviderJob
+from market.protocol.signing import SigningKey
+from market.streams import (
+    BID_PROTOCOL,
+    JOB_PROTOCOL,
+    open_sealed,
+    receive_message,
+    send_message,
+)
+from p2pnode.net import NetError, NodeNet
+from p2pnode.net.framing import FramedStream
+from p2pnode.net.pubsub import GossipMessage, rfq_topic
+from p2pnode.serving import GenerationRequest, ServingBackend
+
+__all__ = ["ProviderService", "ProviderStats"]
+
+logger = logging.getLogger(__name__)
+
+_FROM_BUYER: dict[type, Callable[[str, Any], Event]] = {
+    Prompt: lambda s, m: PromptReceived(sender=s, prompt=m),
+    Voucher: lambda s, m: VoucherReceived(sender=s, voucher=m),
+    Cancel: lambda s, m: CancelReceived(sender=s, cancel=m),
+    Heartbeat: lambda s, m: None,  # liveness only: the framed stream tracks it
+}
+
+
+@dataclass
+class ProviderStats:
+    """Counters for ``hearth node status`` and ``/metrics``."""
+
+    rfqs_seen: int = 0
+    bids: int = 0
+    declines: int = 0
+    awards: int = 0
+    jobs_completed: int = 0
+    jobs_failed: int = 0
+    tokens_served: int = 0
+    earned: int = 0  # sum of vouchers credited (token base units)
+
+
+class ProviderService:
+    """Serves one node's models on the market.
+
+    ``status()`` must return this node's current :class:`ProviderStatus` (load, power
+    state…); the service adds its own count of active jobs.
+    """
+
+    def __init__(
+        self,
+        *,
+        net: NodeNet,
+        key: SigningKey,
+        engine: ServingBackend,
+        model_id: str,
+        policy: BidPolicy,
+        book: VoucherBook,
+        ledger: Ledger | None,
+        status: Callable[[], ProviderStatus],
+        config: ProviderConfig | None = None,
+        refresh_deposit: Callable[[bytes], Awaitable[int]] | None = None,
+    ) -> None:
+        self.net = net
+        self.key = key
+        self.engine = engine
+        self.model_id = model_id
+        self.policy = policy
+        self.book = book
+        self.ledger = ledger
+        self._status = status
+        self._refresh_deposit = refresh_deposit
+        self.config = config or ProviderConfig()
+        self.stats = ProviderStats()
+        self.active_jobs = 0
+        self.accepting = True
+        self._bids: dict[bytes, ProviderJob] = {}
+        self._guard = ReplayGuard()
+        self._sessions: set[bytes] = set()
+
+    def status(self) -> ProviderStatus:
+        """This node right now, with its active jobs counted."""
+        base = self._status()
+        power = base.power_state if self.accepting else "draining"
+        return ProviderStatus(
+            provider=base.provider,
+            provider_address=base.provider_address,
+            region=base.region,
+            power_state=power,
+            models=base.models,
+            active_jobs=self.active_jobs,
+            capacity=base.capacity,
+            queued=base.queued,
+            max_queue=base.max_queue,
+            tokens_per_s=base.tokens_per_s,
+        )
+
+    @property
+    def busy(self) -> bool:
+        """True while some job is being served."""
+        return bool(self._sessions)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe to the model's RFQ topic and serve until cancelled."""
+        self.net.set_handler(JOB_PROTOCOL, self._on_job_stream)
+        rfqs = await self.net.subscribe(rfq_topic(self.model_id), check=_rfq_check)
+        await self.net.provide(self.model_id)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_bids)
+            async for msg in rfqs:
+                nursery.start_soon(self._on_rfq, msg)
+
+    # ------------------------------------------------------------------ RFQs
+    async def _on_rfq(self, msg: GossipMessage) -> None:
+        try:
+            rfq, _ = open_sealed(msg.data, self._guard)
+        except RemoteProtocolError:
+            return  # a replay of a message already handled, or expired in flight
+        assert isinstance(rfq, Rfq)
+        self.stats.rfqs_seen += 1
+        if self._refresh_deposit is not None:
+            with suppress(Exception):  # unreachable chain: vouchers are checked again later
+                await self._refresh_deposit(rfq.buyer_address)
+        job = ProviderJob(
+            provider=self.key.peer_id,
+            provider_address=self.book.provider_address,
+            policy=self.policy,
+            book=self.book,
+            config=self.config,
+        )
+        actions = job.handle(RfqReceived(rfq=rfq, status=self.status()), trio.current_time())
+        for action in actions:
+            if isinstance(action, SendBid | SendDecline):
+                if isinstance(action, SendBid):
+                    self.stats.bids += 1
+                    self._bids[rfq.job_id] = job
+                else:
+                    self.stats.declines += 1
+                await self._answer(action)
+
+    async def _answer(self, action: Send) -> None:
+        with suppress(NetError), trio.move_on_after(10):
+            async with self.net.open_stream(action.to, BID_PROTOCOL, timeout=5) as fs:
+                await send_message(fs, action.message, self.key)
+                await fs.send_end()
+
+    async def _expire_bids(self) -> None:
+        while True:
+            await trio.sleep(1)
+            now = trio.current_time()
+            for job_id, job in list(self._bids.items()):
+                deadline = job.next_deadline()
+                if deadline is not None and deadline <= now:
+                    job.handle(DeadlinePassed(), now)
+                if job.finished:
+                    self._bids.pop(job_id, None)
+
+    # ------------------------------------------------------------------ jobs
+    async def _on_job_stream(self, fs: FramedStream) -> None:
+        award = await receive_message(fs, self._guard, timeout=10)
+        if not isinstance(award, Award):
+            raise RemoteProtocolError("a job stream must open with an Award")
+        job = self._bids.pop(award.job_id, None)
+        if job is None or job.rfq is None or job.rfq.buyer != fs.peer_id:
+            raise RemoteProtocolError("award for a job we did not bid on")
+        self.stats.awards += 1
+        self._sessions.add(award.job_id)
+        try:
+            await _JobSession(self, job, fs).serve(award)
+        finally:
+            self._sessions.discard(award.job_id)
+
+    def _record(self, outcome: ProviderOutcome, model_id: str) -> None:
+        if outcome.completed:
+            self.stats.jobs_completed += 1
+        else:
+            self.stats.jobs_failed += 1
+        self.stats.tokens_served += outcome.tokens_sent
+        self.stats.earned += outcome.paid
+
+
+class _JobSession:
+    """One awarded job on one stream: network frames and engine output in, actions out."""
+
+    def __init__(self, service: ProviderService, job: ProviderJob, fs: FramedStream) -> None:
+        self.svc = service
+        self.job = job
+        self.fs = fs
+        self.events_in, self.events = trio.open_memory_channel[Event](math.inf)
+        self.running = trio.Event()
+        self.running.set()
+        self.generation: trio.CancelScope | None = None
+        self.outcome: ProviderOutcome | None = None
+
+    async def serve(self, award: Award) -> None:
+        svc, fs = self.svc, self.fs
+        now = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            await self._apply(
+                self.job.handle(
+                    AwardReceived(sender=fs.peer_id, award=award, status=svc.status()), now
+                )
+            )
+            nursery.start_soon(self._read)
+            while not self.job.finished:
+                deadline = self.job.next_deadline()
+                event: Event = DeadlinePassed()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    event = await self.events.receive()
+                await self._apply(self.job.handle(event, trio.current_time()))
+            nursery.cancel_scope.cancel()
+        with suppress(NetError), trio.move_on_after(2):
+            await fs.send_end()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await receive_message(self.fs, self.svc._guard, timeout=math.inf)
+                if message is None:
+                    break
+                make = _FROM_BUYER.get(type(message))
+                if make is None:
+                    raise RemoteProtocolError(f"unexpected {type(message).__name__} from buyer")
+                event = make(self.fs.peer_id, message)
+                if event is not None:
+                    self.events_in.send_nowait(event)
+        except (NetError, RemoteProtocolError) as exc:
+            logger.info("buyer %s stream ended: %s", self.fs.peer_id, exc)
+        self.events_in.send_nowait(PeerDisconnected(peer=self.fs.peer_id))
+
+    async def _apply(self, actions: list[Action]) -> None:
+        svc = self.svc
+        for action in actions:
+            if isinstance(action, Send):
+                try:
+                    await send_message(self.fs, action.message, svc.key)
+                except NetError:
+                    self.events_in.send_nowait(PeerDisconnected(peer=self.fs.peer_id))
+            elif isinstance(action, StartGeneration):
+                self.nursery.start_soon(self._generate, action)
+            elif isinstance(action, PauseGeneration):
+                self.running = trio.Event()
+            elif isinstance(action, ResumeGeneration):
+                self.running.set()
+            elif isinstance(action, StopGeneration):
+                if self.generation is not None:
+                    self.generation.cancel()
+            elif isinstance(action, ClaimSlot):
+                svc.active_jobs += 1
+                if svc.ledger is not None and self.job.rfq is not None:
+                    svc.ledger.record_job(
+                        action.job_id,
+                        role="provider",
+                        counterparty=self.job.rfq.buyer,
+                        model_id=self.job.rfq.model_id,
+                    )
+            elif isinstance(action, ReleaseSlot):
+                svc.active_jobs -= 1
+            elif isinstance(action, StoreVoucher):
+                await self._store(action.voucher)
+            elif isinstance(action, ScorePeer):
+                logger.info("buyer %s: %s (%+.2f)", action.peer, action.reason, action.delta)
+            elif isinstance(action, ReportOutcome):
+                assert isinstance(action.outcome, ProviderOutcome)
+                self.outcome = action.outcome
+                svc._record(action.outcome, svc.model_id)
+                if svc.ledger is not None:
+                    status = "done" if action.outcome.completed else action.outcome.reason
+                    with suppress(Exception):
+                        svc.ledger.finish_job(
+                            action.outcome.job_id,
+                            tokens=action.outcome.tokens_sent,
+                            amount=action.outcome.paid,
+                            status=status,
+                        )
+
+    async def _store(self, voucher: Voucher) -> None:
+        """Persist the voucher before anything else happens: it is the node's pay."""
+        ledger = self.svc.ledger
+        if ledger is None:
+            return
+        from market.chain.voucher import Voucher as ChainVoucher
+        from market.chain.voucher import VoucherDomain
+
+        chain_voucher = ChainVoucher(
+            buyer=voucher.buyer_address,
+            provider=voucher.provider_address,
+            token=voucher.token,
+            cumulative_amount=voucher.cumulative_amount,
+            epoch=voucher.epoch,
+        )
+        terms = self.svc.book.terms
+        domain = VoucherDomain(chain_id=terms.chain_id, verifying_contract=terms.contract)
+        await trio.to_thread.run_sync(
+            lambda: ledger.accept_voucher(
+                domain, chain_voucher, voucher.signature, job_id=voucher.job_id
+            )
+        )
+
+    async def _generate(self, start: StartGeneration) -> None:
+        p = start.prompt
+        request = GenerationRequest(
+            messages=[{"role": m.role, "content": m.content} for m in p.messages]
+            if p.messages is not None
+            else None,
+            prompt=p.prompt,
+            resume_token_ids=p.resume_token_ids,
+            max_tokens=len(p.resume_token_ids) + start.max_new_tokens,
+            temperature=p.params.temperature,
+            top_p=p.params.top_p,
+            top_k=p.params.top_k,
+            stop=p.params.stop,
+            seed=p.params.seed,
+            logprobs=True,
+            top_logprobs=p.params.logprobs_top_k,
+            request_id=p.job_id.hex(),
+        )
+        with trio.CancelScope() as scope:
+            self.generation = scope
+            try:
+                async for chunk in self.svc.engine.generate(request):
+                    await self.running.wait()
+                    if chunk.token_ids:
+                        self.events_in.send_nowait(
+                            TokensGenerated(
+                                token_ids=tuple(chunk.token_ids),
+                                logprobs=tuple(lp.logprob for lp in chunk.logprobs),
+                                text=chunk.text,
+                            )
+                        )
+                    if chunk.finish_reason in ("stop", "length"):
+                        self.events_in.send_nowait(
+                            GenerationFinished(finish_reason=chunk.finish_reason)
+                        )
+                    elif chunk.finish_reason is not None:
+                        self.events_in.send_nowait(
+                            GenerationFailed(message=chunk.error or chunk.finish_reason)
+                        )
+            except Exception as exc:  # the engine refused or crashed: tell the buyer
+                logger.warning("generation failed: %r", exc)
+                self.events_in.send_nowait(GenerationFailed(message=f"{type(exc).__name__}: {exc}"))
+
+
+def _rfq_check(data: bytes, origin: str) -> None:
+    rfq, sender = open_sealed(data)
+    if not isinstance(rfq, Rfq) or rfq.buyer != sender:
+        raise RemoteProtocolError("the RFQ topic carries only RFQs signed by their buyer")
