@@ -1,0 +1,399 @@
+"""The buyer job machine, transition by transition (legal and illegal)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from market.protocol import actions as A
+from market.protocol import events as E
+from market.protocol.buyer import BuyerConfig, BuyerJob, BuyerState
+from market.protocol.commitment import chain_genesis, chain_link
+from market.protocol.errors import LocalProtocolError, RemoteProtocolError
+from market.protocol.messages import (
+    Accept,
+    Bid,
+    Cancel,
+    Decline,
+    DeclineReason,
+    EndOfStream,
+    Error,
+    ErrorCode,
+    Heartbeat,
+    Prompt,
+    Rfq,
+    TokenChunk,
+    cost_of,
+)
+from market.protocol.payments import BuyerWallet, ChannelTerms
+
+JOB = bytes(range(16))
+TERMS = ChannelTerms(token=b"\x07" * 20, chain_id=1, contract=b"\x0c" * 20)
+S = BuyerState
+
+
+def rfq(max_tokens: int = 32) -> Rfq:
+    return Rfq(
+        job_id=JOB,
+        buyer="Buyer",
+        buyer_address=b"\xbb" * 20,
+        model_id="ab" * 32,
+        prompt_tokens=3,
+        max_tokens=max_tokens,
+        max_price_per_1k=1000,
+        region="",
+        bid_window_ms=200,
+    )
+
+
+def new(deposit: int = 10**9, max_rounds: int = 2, max_tokens: int = 32) -> BuyerJob:
+    w = BuyerWallet(
+        buyer_address=b"\xbb" * 20, deposit=deposit, terms=TERMS, signer=lambda d: bytes(65)
+    )
+    return BuyerJob(
+        rfq=rfq(max_tokens),
+        prompt=Prompt(job_id=JOB, prompt="hi"),
+        wallet=w,
+        config=BuyerConfig(enough_bids=2, max_rounds=max_rounds),
+    )
+
+
+def bid(p: str, price: int = 500, job: bytes = JOB) -> E.BidReceived:
+    b = Bid(
+        job_id=job,
+        provider=p,
+        provider_address=(p.encode() * 20)[:20],
+        price_per_1k=price,
+        est_ttft_ms=100,
+        est_tokens_per_s=40.0,
+        chunk_tokens=8,
+        credit_chunks=1,
+    )
+    return E.BidReceived(sender=p, bid=b)
+
+
+def chunk(
+    p: str, seq: int, prev: bytes, start: int, n: int = 8, good: bool = True
+) -> tuple[E.ChunkReceived, bytes]:
+    ids = tuple(range(start, start + n))
+    lps = tuple(-0.5 for _ in ids)
+    h = chain_link(prev, seq, ids, lps)
+    c = TokenChunk(
+        job_id=JOB,
+        seq=seq,
+        token_ids=ids,
+        logprobs=lps,
+        text="x",
+        chain_hash=h if good else bytes(32),
+    )
+    return E.ChunkReceived(sender=p, chunk=c), h
+
+
+def collecting() -> BuyerJob:
+    m = new()
+    m.handle(E.JobSubmitted(), 0.0)
+    return m
+
+
+def awarding() -> BuyerJob:
+    m = collecting()
+    m.handle(bid("PA", 400), 0.05)
+    m.handle(bid("PB", 600), 0.06)
+    return m
+
+
+def streaming() -> BuyerJob:
+    m = awarding()
+    m.handle(E.AcceptReceived(sender="PA", accept=Accept(job_id=JOB, provider="PA")), 0.1)
+    return m
+
+
+def done() -> BuyerJob:
+    m = streaming()
+    prev = chain_genesis(JOB)
+    for seq in range(4):
+        ev, prev = chunk("PA", seq, prev, seq * 8)
+        m.handle(ev, 0.2 + seq / 10)
+    end = EndOfStream(job_id=JOB, total_tokens=32, finish_reason="length", result_commitment=prev)
+    m.handle(E.EndReceived(sender="PA", end=end), 1.0)
+    return m
+
+
+def failed() -> BuyerJob:
+    m = new(max_rounds=1)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(E.DeadlinePassed(), 1.0)
+    return m
+
+
+BUILDERS: dict[BuyerState, Callable[[], BuyerJob]] = {
+    S.IDLE: new,
+    S.COLLECTING: collecting,
+    S.AWARDING: awarding,
+    S.STREAMING: streaming,
+    S.DONE: done,
+    S.FAILED: failed,
+}
+
+
+def kinds(actions: list[A.Action]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_builders_reach_their_states() -> None:
+    for state, build in BUILDERS.items():
+        assert build().state is state
+
+
+# (start state, event, time, next state, action kinds expected in order)
+CASES: list[tuple[BuyerState, E.Event, float, BuyerState, list[str]]] = [
+    (S.IDLE, E.JobSubmitted(), 0.0, S.COLLECTING, ["Publish"]),
+    (S.IDLE, E.CancelRequested(reason="nope"), 0.0, S.FAILED, ["ReportOutcome"]),
+    (S.COLLECTING, bid("PA"), 0.1, S.COLLECTING, []),
+    (
+        S.COLLECTING,
+        E.DeclineReceived(
+            sender="PA", decline=Decline(job_id=JOB, provider="PA", reason=DeclineReason.BUSY)
+        ),
+        0.1,
+        S.COLLECTING,
+        [],
+    ),
+    (S.COLLECTING, E.DeadlinePassed(), 0.1, S.COLLECTING, []),  # early: nothing due
+    (S.COLLECTING, E.DeadlinePassed(), 0.2, S.BACKOFF, []),  # window over, no bids
+    (S.COLLECTING, bid("PA", job=b"\x09" * 16), 0.1, S.COLLECTING, ["ScorePeer"]),
+    (S.COLLECTING, bid("PA", price=5000), 0.1, S.COLLECTING, ["ScorePeer"]),
+    (
+        S.COLLECTING,
+        E.AcceptReceived(sender="PZ", accept=Accept(job_id=JOB, provider="PZ")),
+        0.1,
+        S.COLLECTING,
+        ["ScorePeer"],
+    ),
+    (S.COLLECTING, E.CancelRequested(), 0.1, S.FAILED, ["ReportOutcome"]),
+    (
+        S.AWARDING,
+        E.AcceptReceived(sender="PA", accept=Accept(job_id=JOB, provider="PA")),
+        0.1,
+        S.STREAMING,
+        ["SendPrompt"],
+    ),
+    (
+        S.AWARDING,
+        E.AcceptReceived(sender="PB", accept=Accept(job_id=JOB, provider="PB")),
+        0.1,
+        S.AWARDING,
+        ["ScorePeer"],
+    ),
+    (
+        S.AWARDING,
+        E.ErrorReceived(sender="PA", error=Error(job_id=JOB, code=ErrorCode.OVERLOADED)),
+        0.1,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward"],
+    ),
+    (S.AWARDING, E.DeadlinePassed(), 5.0, S.AWARDING, ["ScorePeer", "SendCancel", "SendAward"]),
+    (
+        S.AWARDING,
+        E.PeerDisconnected(peer="PA"),
+        0.1,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward"],
+    ),
+    (S.AWARDING, E.PeerDisconnected(peer="PQ"), 0.1, S.AWARDING, []),
+    (S.AWARDING, bid("PC", 700), 0.1, S.AWARDING, []),  # late bid joins the runners-up
+    (
+        S.STREAMING,
+        chunk("PA", 0, chain_genesis(JOB), 0)[0],
+        0.2,
+        S.STREAMING,
+        ["DeliverTokens", "SendVoucher"],
+    ),
+    (
+        S.STREAMING,
+        chunk("PA", 0, chain_genesis(JOB), 0, good=False)[0],
+        0.2,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward"],
+    ),
+    (
+        S.STREAMING,
+        chunk("PA", 1, chain_genesis(JOB), 0)[0],
+        0.2,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward"],
+    ),
+    (
+        S.STREAMING,
+        chunk("PA", 0, chain_genesis(JOB), 0, n=9)[0],
+        0.2,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward"],
+    ),
+    (S.STREAMING, chunk("PB", 0, chain_genesis(JOB), 0)[0], 0.2, S.STREAMING, ["ScorePeer"]),
+    (
+        S.STREAMING,
+        E.HeartbeatReceived(sender="PA", heartbeat=Heartbeat(job_id=JOB, seq=1)),
+        0.2,
+        S.STREAMING,
+        [],
+    ),
+    (S.STREAMING, E.DeadlinePassed(), 50.0, S.AWARDING, ["ScorePeer", "SendCancel", "SendAward"]),
+    (
+        S.STREAMING,
+        E.CancelReceived(sender="PA", cancel=Cancel(job_id=JOB)),
+        0.2,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward"],
+    ),
+    (
+        S.STREAMING,
+        E.EndReceived(
+            sender="PA",
+            end=EndOfStream(
+                job_id=JOB, total_tokens=1, finish_reason="stop", result_commitment=bytes(32)
+            ),
+        ),
+        0.2,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward"],
+    ),
+    (
+        S.STREAMING,
+        E.EndReceived(
+            sender="PA",
+            end=EndOfStream(
+                job_id=JOB,
+                total_tokens=0,
+                finish_reason="stop",
+                result_commitment=chain_genesis(JOB),
+            ),
+        ),
+        0.2,
+        S.DONE,
+        ["ScorePeer", "ReportOutcome"],
+    ),
+    (S.STREAMING, E.CancelRequested(reason="user"), 0.2, S.FAILED, ["SendCancel", "ReportOutcome"]),
+    (S.DONE, chunk("PA", 9, bytes(32), 0)[0], 2.0, S.DONE, []),
+    (S.DONE, E.DeadlinePassed(), 2.0, S.DONE, []),
+    (S.FAILED, bid("PA"), 2.0, S.FAILED, []),
+]
+
+
+@pytest.mark.parametrize(("start", "event", "now", "after", "want"), CASES)
+def test_transition(
+    start: BuyerState, event: E.Event, now: float, after: BuyerState, want: list[str]
+) -> None:
+    m = BUILDERS[start]()
+    out = m.handle(event, now)
+    assert m.state is after
+    assert kinds(out) == want
+    for a in out:
+        if isinstance(a, A.ScorePeer) and a.delta <= -0.1 and "unexpected" in a.reason:
+            assert isinstance(a.error, RemoteProtocolError)
+
+
+@pytest.mark.parametrize(
+    ("start", "event"),
+    [
+        (S.COLLECTING, E.JobSubmitted()),
+        (S.STREAMING, E.JobSubmitted()),
+        (S.DONE, E.CancelRequested()),
+        (S.FAILED, E.CancelRequested()),
+        (S.DONE, E.JobSubmitted()),
+        (S.IDLE, E.DeadlinePassed()),
+        (S.STREAMING, E.TokensGenerated(token_ids=(1,), logprobs=(0.0,))),
+    ],
+)
+def test_illegal_local_events_are_our_bug(start: BuyerState, event: E.Event) -> None:
+    with pytest.raises(LocalProtocolError):
+        BUILDERS[start]().handle(event, 9.0)
+
+
+def test_every_state_answers_every_peer_event_without_raising() -> None:
+    peer_events: list[E.Event] = [
+        bid("PX"),
+        E.DeclineReceived(
+            sender="PX", decline=Decline(job_id=JOB, provider="PX", reason=DeclineReason.OTHER)
+        ),
+        E.AcceptReceived(sender="PX", accept=Accept(job_id=JOB, provider="PX")),
+        chunk("PX", 0, chain_genesis(JOB), 0)[0],
+        E.EndReceived(
+            sender="PX",
+            end=EndOfStream(
+                job_id=JOB, total_tokens=0, finish_reason="stop", result_commitment=bytes(32)
+            ),
+        ),
+        E.ErrorReceived(sender="PX", error=Error(job_id=JOB, code=ErrorCode.INTERNAL)),
+        E.HeartbeatReceived(sender="PX", heartbeat=Heartbeat(job_id=JOB, seq=0)),
+        E.CancelReceived(sender="PX", cancel=Cancel(job_id=JOB)),
+    ]
+    for build in BUILDERS.values():
+        for ev in peer_events:
+            m = build()
+            before = m.state
+            out = m.handle(ev, 0.15)
+            if not isinstance(ev, E.BidReceived | E.DeclineReceived):
+                assert m.state is before  # a stranger cannot move the job
+            assert all(isinstance(a, A.Action) for a in out)
+
+
+def test_pays_each_chunk_exactly_and_completes_with_the_commitment() -> None:
+    m = done()
+    out = m.outcome
+    assert out is not None and out.completed and len(out.token_ids) == 32
+    (seg,) = out.segments
+    assert seg.provider == "PA" and seg.paid == cost_of(32, 400) and seg.commitment is not None
+    assert m.wallet.spent == seg.paid and m.wallet.available == m.wallet.deposit - seg.paid
+    assert out.awarded_at == 0.1 and out.bids == 2
+
+
+def test_no_bids_fails_with_every_decline_reason() -> None:
+    m = new(max_rounds=1)
+    m.handle(E.JobSubmitted(), 0.0)
+    for p, r in [
+        ("PA", DeclineReason.BUSY),
+        ("PB", DeclineReason.POWER_SHED),
+        ("PC", DeclineReason.BUSY),
+    ]:
+        m.handle(
+            E.DeclineReceived(sender=p, decline=Decline(job_id=JOB, provider=p, reason=r)), 0.1
+        )
+    out = m.handle(E.DeadlinePassed(), 0.2)
+    assert kinds(out) == ["ReportOutcome"] and m.outcome is not None
+    assert m.outcome.reason == "no_bids"
+    assert "busy×2" in m.outcome.why() and "power_shed×1" in m.outcome.why()
+
+
+def test_insufficient_deposit_fails_at_once() -> None:
+    m = new(deposit=10)
+    m.handle(E.JobSubmitted(), 0.0)
+    assert m.state is S.FAILED and m.outcome is not None
+    assert m.outcome.reason == "insufficient_deposit"
+
+
+def test_second_round_then_award() -> None:
+    m = new(max_rounds=2)
+    assert kinds(m.handle(E.JobSubmitted(), 0.0)) == ["Publish"]
+    m.handle(E.DeadlinePassed(), 0.2)
+    assert m.state is S.BACKOFF
+    assert kinds(m.handle(E.DeadlinePassed(), 0.7)) == ["Publish"]
+    m.handle(bid("PA"), 0.8)
+    assert kinds(m.handle(E.DeadlinePassed(), 0.9)) == ["SendAward"]
+    assert m.outcome is None and m.state is S.AWARDING
+
+
+def test_job_deadline_cancels_the_active_provider() -> None:
+    m = streaming()
+    out = m.handle(E.DeadlinePassed(), 10_000.0)
+    assert kinds(out) == ["SendCancel", "ReportOutcome"] and m.outcome is not None
+    assert m.outcome.reason == "deadline"
+
+
+def test_constructor_checks_its_inputs() -> None:
+    w = BuyerWallet(buyer_address=b"\xcc" * 20, deposit=1, terms=TERMS, signer=lambda d: bytes(65))
+    with pytest.raises(LocalProtocolError):
+        BuyerJob(rfq=rfq(), prompt=Prompt(job_id=JOB, prompt="x"), wallet=w)
+    with pytest.raises(LocalProtocolError):
+        BuyerJob(rfq=rfq(), prompt=Prompt(job_id=bytes(16), prompt="x"), wallet=new().wallet)
