@@ -142,7 +142,8 @@ class InvariantChecker:
     def wallet(
         self, name: str, deposit: int, spent: int, available: int, channels_sum: int
     ) -> None:
-        if available < 0 or spent > deposit or channels_sum != spent:
+        # reserved = deposit - spent - available must be >= 0, and nothing negative
+        if available < 0 or spent + available > deposit or channels_sum != spent:
             self._fail(
                 "funds_conserved",
                 f"buyer {name}: deposit {deposit}, spent {spent}, available {available}, "
