@@ -15,6 +15,7 @@ refusals, tampering and a buyer who stops paying.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -239,7 +240,7 @@ class FakeLink:
         for a in self.buyer.handle(ev, self.now):
             if isinstance(a, A.Publish):
                 for name in self.specs:
-                    self._at(self.now + self.latency, lambda n=name: self._rfq(n))
+                    self._at(self.now + self.latency, functools.partial(self._rfq, name))
             elif isinstance(a, A.Send):
                 if isinstance(a.message, Voucher) and not self.buyer_pays:
                     continue
@@ -269,12 +270,12 @@ class FakeLink:
                 self._send(name, a.to, a.message)
             elif isinstance(a, A.StartGeneration):
                 self._gen[name] = 0
-                self._at(self.now + self.step_s, lambda n=name: self._step(n))
+                self._at(self.now + self.step_s, functools.partial(self._step, name))
             elif isinstance(a, A.PauseGeneration):
                 self._paused.add(name)
             elif isinstance(a, A.ResumeGeneration):
                 self._paused.discard(name)
-                self._at(self.now + self.step_s, lambda n=name: self._step(n))
+                self._at(self.now + self.step_s, functools.partial(self._step, name))
             elif isinstance(a, A.StopGeneration):
                 self._gen.pop(name, None)
             elif isinstance(a, A.ReportOutcome):

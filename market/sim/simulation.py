@@ -72,6 +72,7 @@ __all__ = ["SimReport", "Simulation", "run"]
 # entry kinds in the event queue
 _DELIVER, _TIMER, _ENGINE, _ARRIVAL, _FAULT, _RFQ, _EOF = range(7)
 
+_REGION_NAMES = ("us-east", "us-west", "eu-west", "ap-south")
 _MESH_HOP_S = 0.015  # one GossipSub forwarding hop inside a shard
 _BID_WINDOW_MS = 300
 
@@ -239,7 +240,7 @@ class Simulation:
         self.spent_seen: dict[bytes, int] = {}
         self._schedule_faults(random.Random(f"{seed}/faults"))
         self._deliver: dict[type[Message], Callable[[str, Any], E.Event]] = {
-            Bid: lambda s, m: E.BidReceived(sender=s, bid=m, region=""),
+            Bid: lambda s, m: E.BidReceived(sender=s, bid=m, region=self._region_name(s)),
             Decline: lambda s, m: E.DeclineReceived(sender=s, decline=m),
             Accept: lambda s, m: E.AcceptReceived(sender=s, accept=m),
             TokenChunk: lambda s, m: E.ChunkReceived(sender=s, chunk=m),
@@ -283,7 +284,7 @@ class Simulation:
         q.push(0.0, _ARRIVAL)
         limit = max_events if max_events is not None else 1 << 62
         deadline = self.horizon + 3600.0
-        dispatch = {
+        dispatch: dict[int, Callable[[float, Any, Any], None]] = {
             _DELIVER: self._on_deliver,
             _TIMER: self._on_timer,
             _ENGINE: self._on_engine,
@@ -332,7 +333,7 @@ class Simulation:
             prompt_tokens=rng.randint(8, 512),
             max_tokens=rng.randint(cfg.min_tokens, cfg.max_tokens),
             max_price_per_1k=cfg.max_price_per_1k,
-            region=("us-east", "us-west", "eu-west", "ap-south")[buyer.region] if pinned else "",
+            region=_REGION_NAMES[buyer.region] if pinned else "",
             bid_window_ms=_BID_WINDOW_MS,
         )
         prompt = Prompt(job_id=job_id, prompt="simulated prompt")
@@ -499,11 +500,15 @@ class Simulation:
 
     # --------------------------------------------------------------- driving
 
+    def _region_name(self, peer: str) -> str:
+        """The region a peer states in its Offer (what a buyer's node would know)."""
+        return _REGION_NAMES[self.nodes[peer].region]
+
     def _status(self, p: ProviderNode) -> ProviderStatus:
         return ProviderStatus(
             provider=p.name,
             provider_address=p.address,
-            region=("us-east", "us-west", "eu-west", "ap-south")[p.region],
+            region=_REGION_NAMES[p.region],
             power_state=p.power,  # type: ignore[arg-type]
             models=p.models,
             active_jobs=p.active,
