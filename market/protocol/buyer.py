@@ -139,6 +139,29 @@ class BuyerJob:
     """One job, seen from the buyer. See the module docstring for the lifecycle."""
 
     TABLE: ClassVar[dict[tuple[BuyerState, type[Event]], _Handler]]
+    __slots__ = (
+        "_abandoned",
+        "_awarded_at",
+        "_bids",
+        "_declines",
+        "_delivered",
+        "_failovers",
+        "_job_deadline",
+        "_pool",
+        "_reserved",
+        "_round",
+        "_segments",
+        "_timer",
+        "active",
+        "config",
+        "outcome",
+        "prompt",
+        "reputation",
+        "rfq",
+        "scorer",
+        "state",
+        "wallet",
+    )
 
     def __init__(
         self,

@@ -125,6 +125,35 @@ class ProviderJob:
     """One job, seen from the provider. See the module docstring for the lifecycle."""
 
     TABLE: ClassVar[dict[tuple[ProviderState, type[Event]], _Handler]]
+    __slots__ = (
+        "_chunk_cum",
+        "_finish",
+        "_generated",
+        "_hb_seq",
+        "_head",
+        "_holds_slot",
+        "_last_send",
+        "_max_new",
+        "_paid_chunks",
+        "_paused",
+        "_pending_ids",
+        "_pending_lps",
+        "_pending_text",
+        "_stalled_since",
+        "_timer",
+        "award",
+        "bid",
+        "book",
+        "config",
+        "outcome",
+        "paid",
+        "policy",
+        "provider",
+        "provider_address",
+        "rfq",
+        "sent_tokens",
+        "state",
+    )
 
     def __init__(
         self,
