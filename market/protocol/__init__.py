@@ -4,6 +4,17 @@ The public names below are re-exported from private-ish modules; import them fro
 here (``from market.protocol import Bid, encode, decode``).
 """
 
+# Job machines (issue 3): events and actions are exported as modules,
+# ``from market.protocol import events, actions``; the rest are appended to __all__ below.
+from market.protocol import actions, events
+from market.protocol.auction import (
+    BidScorer,
+    ReputationSource,
+    StaticReputation,
+    WeightedScorer,
+    rank_bids,
+)
+from market.protocol.buyer import BuyerConfig, BuyerJob, BuyerState
 from market.protocol.codec import (
     MAX_FRAME,
     WIRE_VERSION,
@@ -12,6 +23,7 @@ from market.protocol.codec import (
     encode,
     encode_frame,
 )
+from market.protocol.commitment import ChainVerifier, chain_genesis, chain_link
 from market.protocol.envelope import (
     DEFAULT_TTL_MS,
     ENVELOPE_DOMAIN,
@@ -57,7 +69,24 @@ from market.protocol.messages import (
     cost_of,
     register,
 )
+from market.protocol.outcomes import (
+    BuyerFailure,
+    BuyerOutcome,
+    DeclineNote,
+    ProviderOutcome,
+    Segment,
+)
+from market.protocol.payments import (
+    BuyerWallet,
+    ChannelTerms,
+    VoucherBook,
+    VoucherDraft,
+    VoucherSigner,
+    VoucherVerifier,
+)
 from market.protocol.peerid import ed25519_key_from_peer_id, peer_id_from_ed25519
+from market.protocol.policy import BidPolicy, CostPlusPolicy, ProviderStatus, Quote, Refusal
+from market.protocol.provider import ProviderConfig, ProviderJob, ProviderState
 from market.protocol.signing import SigningKey, verify_ed25519
 
 __all__ = [
@@ -114,4 +143,39 @@ __all__ = [
     "seal",
     "unseal",
     "verify_ed25519",
+]
+
+__all__ += [
+    "BidPolicy",
+    "BidScorer",
+    "BuyerConfig",
+    "BuyerFailure",
+    "BuyerJob",
+    "BuyerOutcome",
+    "BuyerState",
+    "BuyerWallet",
+    "ChainVerifier",
+    "ChannelTerms",
+    "CostPlusPolicy",
+    "DeclineNote",
+    "ProviderConfig",
+    "ProviderJob",
+    "ProviderOutcome",
+    "ProviderState",
+    "ProviderStatus",
+    "Quote",
+    "Refusal",
+    "ReputationSource",
+    "Segment",
+    "StaticReputation",
+    "VoucherBook",
+    "VoucherDraft",
+    "VoucherSigner",
+    "VoucherVerifier",
+    "WeightedScorer",
+    "actions",
+    "chain_genesis",
+    "chain_link",
+    "events",
+    "rank_bids",
 ]
