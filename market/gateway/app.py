@@ -47,6 +47,10 @@ class Backend(Protocol):
 
     async def list_models(self) -> list[str]: ...
 
+    def knows_model(self, model: str) -> bool:
+        """True when some provider offers ``model`` (a name, a short name or an id)."""
+        ...
+
     def generate(
         self,
         *,
@@ -221,7 +225,7 @@ def create_app(backend: Backend) -> Starlette:
             options = _opt(data, "stream_options", (dict,), {})
         except BadRequest as exc:
             return _error(exc.status, exc.message, "invalid_request_error", exc.param, None)
-        if model not in await backend.list_models():
+        if not backend.knows_model(model):
             return _error(
                 404,
                 f"The model '{model}' is not offered by any provider on the network",

@@ -191,6 +191,10 @@ class Client:
         """Names of the models some provider offers right now."""
         return [m.name for m in self.catalog.models(trio.current_time())]
 
+    def knows_model(self, model: str) -> bool:
+        """True when some live offer names ``model`` (by name, short name or id)."""
+        return self.catalog.resolve(model, trio.current_time()) is not None
+
     async def resolve_model(self, model: str) -> str:
         """The content address of ``model`` (a name or an address), waiting for offers."""
         with trio.move_on_after(self.config.discovery_wait_s):

@@ -18,6 +18,9 @@ class RefusingBackend:
     async def list_models(self) -> list[str]:
         return ["smollm2"]
 
+    def knows_model(self, model: str) -> bool:
+        return model == "smollm2"
+
     def generate(self, **kwargs: object) -> object:
         self.calls += 1
         raise AssertionError(f"a refused request reached the market: {kwargs}")
