@@ -125,6 +125,20 @@ class BuyerWallet:
         """The last cumulative amount signed to ``provider_address`` (0 if none)."""
         return self._cumulative.get(provider_address, 0)
 
+    def restore(self, provider_address: bytes, cumulative: int) -> None:
+        """Resume a channel after a restart: ``cumulative`` was signed in an earlier run.
+
+        Vouchers are cumulative over the channel's life, so a restarted buyer must go
+        on from the last amount it signed or providers would refuse it as going
+        backwards. ``deposit`` must then count what providers already redeemed.
+        """
+        if len(provider_address) != 20 or cumulative < 0:
+            raise LocalProtocolError("restore needs a 20-byte address and an amount >= 0")
+        prev = self._cumulative.get(provider_address, 0)
+        if cumulative > prev:
+            self._cumulative[provider_address] = cumulative
+            self._spent += cumulative - prev
+
     def reserve(self, amount: int) -> bool:
         """Set ``amount`` aside for a job; ``False`` if the deposit cannot cover it."""
         if amount < 0:
@@ -203,6 +217,16 @@ class VoucherBook:
         """The highest cumulative amount accepted from ``buyer_address`` (0 if none)."""
         v = self._latest.get(buyer_address)
         return 0 if v is None else v.cumulative_amount
+
+    def restore(self, voucher: Voucher) -> None:
+        """Take back a voucher accepted in an earlier run (from the node's ledger).
+
+        Without it a restarted node would credit a buyer's next voucher with the
+        whole channel history instead of the increase.
+        """
+        held = self._latest.get(voucher.buyer_address)
+        if held is None or voucher.cumulative_amount > held.cumulative_amount:
+            self._latest[voucher.buyer_address] = voucher
 
     def latest(self, buyer_address: bytes) -> Voucher | None:
         """The voucher to redeem for ``buyer_address`` (the highest accepted)."""

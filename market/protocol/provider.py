@@ -459,7 +459,9 @@ class ProviderJob:
         size = aw.chunk_tokens
         credit = aw.credit_chunks
         ids, lps, texts = self._pending_ids, self._pending_lps, self._pending_text
-        while ids and (len(ids) >= size or self._finish is not None):
+        # The first chunk leaves with the first token (time to first token); later ones
+        # when full, or at the end.
+        while ids and (len(ids) >= size or self._finish is not None or not self._chunk_cum):
             if self.unpaid_chunks >= credit:
                 break
             k = min(size, len(ids))
@@ -482,7 +484,9 @@ class ProviderJob:
             )
             out.append(SendChunk(to=rfq.buyer, message=chunk))
             self._last_send = now
-        blocked = bool(ids) and (len(ids) >= size or self._finish is not None)
+        blocked = bool(ids) and (
+            len(ids) >= size or self._finish is not None or not self._chunk_cum
+        )
         if blocked:
             if self._stalled_since is None:
                 self._stalled_since = now

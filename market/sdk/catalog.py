@@ -38,6 +38,10 @@ class Catalog:
             del self._offers[peer]
         return [o for o, _ in self._offers.values()]
 
+    def provider_count(self, now: float) -> int:
+        """How many providers have a live offer."""
+        return len(self._live(now))
+
     def region_of(self, provider: str) -> str:
         entry = self._offers.get(provider)
         return entry[0].region if entry else ""

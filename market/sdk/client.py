@@ -27,6 +27,7 @@ from typing import Any
 
 import trio
 
+from market.ledger import Ledger
 from market.protocol import (
     Accept,
     Bid,
@@ -43,6 +44,7 @@ from market.protocol import (
     Rfq,
     SamplingParams,
     TokenChunk,
+    Voucher,
 )
 from market.protocol.actions import (
     Action,
@@ -92,6 +94,7 @@ from market.streams import (
     sealed,
     send_message,
 )
+from market.vouchers import record
 from p2pnode.net import NetError, NodeNet
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import GossipMessage, offers_topic, rfq_topic
@@ -174,8 +177,10 @@ class Client:
         wallet: BuyerWallet,
         config: ClientConfig,
         nursery: trio.Nursery,
+        ledger: Ledger | None = None,
     ) -> None:
         self.net = net
+        self.ledger = ledger
         self.key = key
         self.wallet = wallet
         self.config = config
@@ -394,6 +399,10 @@ class _JobRun:
             await net.publish(topic, sealed(rfq, self.client.key))
 
     async def _send(self, action: Send) -> None:
+        ledger = self.client.ledger
+        if ledger is not None and isinstance(action.message, Voucher):
+            # Written before it leaves: a restarted buyer resumes its channels from here.
+            await trio.to_thread.run_sync(record, ledger, action.message)
         fs = self.streams.get(action.to)
         if fs is None:
             return  # the session is already gone; its PeerDisconnected is on the way
@@ -475,11 +484,17 @@ async def open_client(
     key: SigningKey,
     wallet: BuyerWallet,
     config: ClientConfig | None = None,
+    ledger: Ledger | None = None,
 ) -> AsyncIterator[Client]:
     """Run a buyer client on a started network host (see :mod:`market.sdk.connect`)."""
     async with trio.open_nursery() as nursery:
         client = Client(
-            net=net, key=key, wallet=wallet, config=config or ClientConfig(), nursery=nursery
+            net=net,
+            key=key,
+            wallet=wallet,
+            config=config or ClientConfig(),
+            nursery=nursery,
+            ledger=ledger,
         )
         net.set_handler(BID_PROTOCOL, client._on_bid_stream)
         offers = await net.subscribe(offers_topic(), check=_offer_check)

@@ -1,9 +1,368 @@
-"""`hearth` commands for this area (filled in by the area's issue)."""
+"""`hearth node`, `submit`, `deposit`, `withdraw`, `balance`, `gateway`, `demo`, `bench market`.
+
+Every command reads one ``hearth.toml`` (``--config``; ``hearth config example``
+prints a documented one). Heavy imports stay inside the functions.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+ConfigOpt = Annotated[
+    Path,
+    typer.Option("--config", "-c", help="The node's or buyer's hearth.toml.", show_default=True),
+]
+
+node_app = typer.Typer(
+    help="Run a homeowner node (with no subcommand), or inspect / settle one.",
+    invoke_without_command=True,
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _check_config(path: Path) -> None:
+    if not path.is_file():
+        _fail(f"no config file at {path} (write one with `hearth config example > {path}`)")
+
+
+def _load(kind: str, path: Path) -> Any:
+    """Load node settings or the buyer setup, turning every known failure into a message."""
+    _check_config(path)
+    from p2pnode.node import setup
+
+    try:
+        if kind == "node":
+            return setup.load_node_settings(path)
+        return setup.load_buyer(path)
+    except Exception as exc:  # config, keystore, passphrase, deployment file, chain
+        _fail(f"{type(exc).__name__}: {exc}")
+
+
+@node_app.callback()
+def node(
+    ctx: typer.Context,
+    config: ConfigOpt = Path("hearth.toml"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
+) -> None:
+    """Run a homeowner node until SIGTERM/Ctrl-C, then drain and redeem what it earned."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import logging
+
+    import trio
+
+    from p2pnode.node.runtime import run_node
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    settings = _load("node", config)
+    typer.echo(f"node {settings.identity.peer_id} starting (data in {settings.data_dir})", err=True)
+    trio.run(run_node, settings)
+
+
+@node_app.command("status")
+def node_status(
+    config: ConfigOpt = Path("hearth.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show a node's jobs, earnings, redemptions and peers (from its data directory)."""
+    from market.config import load_config
+
+    from market.ledger import Ledger
+
+    _check_config(config)
+    try:
+        cfg = load_config(config)
+    except Exception as exc:
+        _fail(str(exc))
+    data_dir = Path(cfg.node.data_dir).expanduser()
+    try:
+        live = json.loads((data_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        live = {"state": "not running (no status file)"}
+    ledger_path = data_dir / "ledger.sqlite"
+    doc: dict[str, Any] = {"node": live}
+    if ledger_path.exists():
+        ledger = Ledger(ledger_path)
+        jobs = ledger.jobs()
+        doc["jobs"] = {
+            "total": len(jobs),
+            "done": sum(j["status"] == "done" for j in jobs),
+            "tokens": sum(int(j["tokens"] or 0) for j in jobs),
+            "vouchered": sum(int(j["amount"] or 0) for j in jobs),
+        }
+        doc["redemptions"] = {
+            st: len(ledger.redemptions(st)) for st in ("pending", "confirmed", "failed", "dropped")
+        }
+        doc["earnings_by_day"] = ledger.earnings_by_day()
+        ledger.close()
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"hearth node — {live.get('peer_id', '?')}")
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("state", str(live.get("state")))
+    table.add_row("uptime", f"{live.get('uptime_s', 0)} s")
+    table.add_row("peers", str(len(live.get("peers", []))))
+    for key, value in (live.get("stats") or {}).items():
+        table.add_row(key, str(value))
+    for key, value in doc.get("jobs", {}).items():
+        table.add_row(f"jobs {key}", str(value))
+    for key, value in doc.get("redemptions", {}).items():
+        table.add_row(f"redemptions {key}", str(value))
+    for row in doc.get("earnings_by_day", []):
+        table.add_row(f"earned {row.get('day')}", str(row.get("amount")))
+    Console().print(table)
+
+
+@node_app.command("redeem")
+def node_redeem(config: ConfigOpt = Path("hearth.toml")) -> None:
+    """Reconcile and redeem every voucher the node's ledger holds (the node may be stopped)."""
+    from market.chain.backends import connect
+    from market.chain.client import ChainClient
+    from market.ledger import Ledger, Redeemer
+    from p2pnode.node.runtime import redeem_all
+
+    s = _load("node", config)
+    client = ChainClient(connect(s.rpc_url), s.identity.eth_private_key)
+    ledger = Ledger(s.data_dir / "ledger.sqlite")
+    redeemer = Redeemer(ledger, s.deployment.hub(client), s.redemption)
+    redeemer.reconcile()
+    done = redeem_all(redeemer)
+    typer.echo(json.dumps({"redeemed": done, "confirmed": len(ledger.redemptions("confirmed"))}))
+
+
+def _amount(text: str, decimals: int) -> int:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        _fail(f"not an amount: {text!r} (write e.g. 12.5)")
+    if value <= 0 or value != value.quantize(Decimal(1).scaleb(-decimals)):
+        _fail(f"amount must be positive with at most {decimals} decimals, got {text}")
+    return int(value.scaleb(decimals))
+
+
+def submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt (sent as one user message).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name or id.")] = (
+        "SmolLM2-135M-Instruct"
+    ),
+    config: ConfigOpt = Path("hearth.toml"),
+    max_tokens: Annotated[int, typer.Option(min=1, max=100_000)] = 128,
+    temperature: Annotated[float, typer.Option(min=0.0, max=5.0)] = 0.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    max_price: Annotated[
+        int | None, typer.Option(help="Price ceiling per 1k tokens (token base units).", min=1)
+    ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send as a raw prompt, not a chat.")] = False,
+) -> None:
+    """Buy one completion: stream the tokens here, then print the cost and the provider."""
+    import trio
+
+    from market.sdk.types import GenerationParams, HearthError
+    from p2pnode.node.setup import open_buyer_client
+
+    setup = _load("buyer", config)
+    params = GenerationParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+    async def run() -> None:
+        async with open_buyer_client(setup) as client:
+            messages = None if raw else [{"role": "user", "content": prompt}]
+            job = client.generate(
+                model,
+                messages=messages,
+                prompt=prompt if raw else None,
+                params=params,
+                max_price_per_1k=max_price,
+            )
+            async for chunk in job:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+            r = job.result
+            decimals = setup.deployment.token_decimals
+            typer.echo("", err=False)
+            typer.echo(
+                f"[{r.completion_tokens} tokens · cost {Decimal(r.cost).scaleb(-decimals)} "
+                f"{setup.deployment.token_symbol} · provider {r.provider} · failovers {r.failovers}]",
+                err=True,
+            )
+
+    try:
+        trio.run(run)
+    except HearthError as exc:
+        _fail(str(exc))
+
+
+def deposit(
+    amount: Annotated[str, typer.Argument(help="How much to deposit, e.g. 10 or 2.5.")],
+    config: ConfigOpt = Path("hearth.toml"),
+    mint: Annotated[
+        bool, typer.Option("--mint", help="Mint the test token first (development chains).")
+    ] = False,
+) -> None:
+    """Deposit payment tokens into the PaymentHub (approves the hub first)."""
+    setup = _load("buyer", config)
+    dep = setup.deployment
+    value = _amount(amount, dep.token_decimals)
+    try:
+        client = setup.chain_client()
+        token = dep.erc20(client)
+        if mint:
+            token.mint(client.address, value)
+        have = token.balance_of(client.address)
+        if have < value:
+            _fail(f"wallet holds {Decimal(have).scaleb(-dep.token_decimals)} {dep.token_symbol}")
+        token.approve(dep.payment_hub, value)
+        dep.hub(client).deposit(dep.token, value)
+        left = dep.hub(client).balance_of(client.address, dep.token)
+    except Exception as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    typer.echo(
+        f"deposited {amount} {dep.token_symbol}; hub balance {Decimal(left).scaleb(-dep.token_decimals)}"
+    )
+
+
+def withdraw(
+    amount: Annotated[str, typer.Argument(help="How much to withdraw after the notice period.")],
+    config: ConfigOpt = Path("hearth.toml"),
+) -> None:
+    """Give withdrawal notice (providers may still redeem until it ends)."""
+    setup = _load("buyer", config)
+    dep = setup.deployment
+    value = _amount(amount, dep.token_decimals)
+    try:
+        client = setup.chain_client()
+        dep.hub(client).request_withdrawal(dep.token, value)
+    except Exception as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    typer.echo(
+        f"withdrawal of {amount} {dep.token_symbol} requested; it can be executed after "
+        f"{dep.withdrawal_delay_s} s"
+    )
+
+
+def balance(
+    config: ConfigOpt = Path("hearth.toml"),
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show the wallet's token balance and its PaymentHub deposit."""
+    setup = _load("buyer", config)
+    dep = setup.deployment
+    try:
+        client = setup.chain_client()
+        wallet = dep.erc20(client).balance_of(client.address)
+        hub = dep.hub(client).balance_of(client.address, dep.token)
+        pending, unlock = dep.hub(client).pending_withdrawal(client.address, dep.token)
+    except Exception as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    doc = {
+        "address": client.address,
+        "token": dep.token_symbol,
+        "wallet": str(Decimal(wallet).scaleb(-dep.token_decimals)),
+        "deposit": str(Decimal(hub).scaleb(-dep.token_decimals)),
+        "pending_withdrawal": str(Decimal(pending).scaleb(-dep.token_decimals)),
+        "withdrawal_unlocks_at": unlock,
+    }
+    if as_json:
+        typer.echo(json.dumps(doc))
+    else:
+        for k, v in doc.items():
+            typer.echo(f"{k:>22}: {v}")
+
+
+def gateway(
+    config: ConfigOpt = Path("hearth.toml"),
+    host: Annotated[
+        str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless proxied).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+) -> None:
+    """Serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)."""
+    import trio
+
+    from market.gateway import serve_gateway
+    from p2pnode.node.setup import open_buyer_client
+
+    setup = _load("buyer", config)
+
+    async def run() -> None:
+        async with open_buyer_client(setup) as client, trio.open_nursery() as nursery:
+            bound = await nursery.start(serve_gateway, client, host, port)
+            typer.echo(
+                f"gateway on http://{host}:{bound}/v1 (buyer {client.key.peer_id})", err=True
+            )
+
+    trio.run(run)
+
+
+def demo(
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Where logs, keystores and ledgers go (default: a temp dir)."),
+    ] = None,
+    max_tokens: Annotated[int, typer.Option(min=8, max=512)] = 48,
+) -> None:
+    """Run a whole market here: chain, bootstrap, 3 homeowner nodes, jobs, a failover, settlement."""
+    import tempfile
+
+    from p2pnode.demo import run_demo
+
+    run_demo(workdir or Path(tempfile.mkdtemp(prefix="hearth-demo-")), max_tokens=max_tokens)
+
+
+def bench_market(
+    nodes: Annotated[int, typer.Option(min=1, max=32)] = 10,
+    jobs: Annotated[int, typer.Option(min=1, max=10_000)] = 200,
+    max_tokens: Annotated[int, typer.Option(min=1, max=256)] = 16,
+    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Submit → award latency, TTFT overhead vs the local engine, jobs/s, failovers."""
+    from p2pnode.bench_market import run_bench_market
+
+    started = time.monotonic()
+    figures = run_bench_market(
+        nodes=nodes, jobs=jobs, max_tokens=max_tokens, concurrency=concurrency
+    )
+    figures["wall_s"] = round(time.monotonic() - started, 1)
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"hearth bench market — {nodes} nodes, {jobs} jobs")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, json.dumps(value))
+    Console().print(table)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this area's commands to `app` and its benchmarks to `bench`."""
+    """Add the node, buyer, gateway and demo commands, and `hearth bench market`."""
+    app.add_typer(node_app, name="node")
+    app.command("submit")(submit)
+    app.command("deposit")(deposit)
+    app.command("withdraw")(withdraw)
+    app.command("balance")(balance)
+    app.command("gateway")(gateway)
+    app.command("demo")(demo)
+    bench.command("market")(bench_market)

@@ -68,6 +68,7 @@ from market.streams import (
     receive_message,
     send_message,
 )
+from market.vouchers import record
 from p2pnode.net import NetError, NodeNet
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import GossipMessage, rfq_topic
@@ -338,25 +339,8 @@ class _JobSession:
     async def _store(self, voucher: Voucher) -> None:
         """Persist the voucher before anything else happens: it is the node's pay."""
         ledger = self.svc.ledger
-        if ledger is None:
-            return
-        from market.chain.voucher import Voucher as ChainVoucher
-        from market.chain.voucher import VoucherDomain
-
-        chain_voucher = ChainVoucher(
-            buyer=voucher.buyer_address,
-            provider=voucher.provider_address,
-            token=voucher.token,
-            cumulative_amount=voucher.cumulative_amount,
-            epoch=voucher.epoch,
-        )
-        terms = self.svc.book.terms
-        domain = VoucherDomain(chain_id=terms.chain_id, verifying_contract=terms.contract)
-        await trio.to_thread.run_sync(
-            lambda: ledger.accept_voucher(
-                domain, chain_voucher, voucher.signature, job_id=voucher.job_id
-            )
-        )
+        if ledger is not None:
+            await trio.to_thread.run_sync(record, ledger, voucher)
 
     async def _generate(self, start: StartGeneration) -> None:
         p = start.prompt

@@ -32,13 +32,14 @@ from market.protocol.payments import ChannelTerms, VoucherBook
 from market.protocol.policy import CostPlusPolicy, ProviderStatus
 from market.protocol.provider import ProviderConfig
 from market.streams import sealed
+from market.vouchers import from_stored
 from p2pnode.net import NetConfig, NodeNet, open_node_host
 from p2pnode.net.pubsub import offers_topic
 from p2pnode.node.deposits import DepositCache
 from p2pnode.node.hardware import detect_gpus
 from p2pnode.node.provider import ProviderService
 
-__all__ = ["NodeSettings", "run_node"]
+__all__ = ["NodeSettings", "redeem_all", "run_node"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ async def run_node(
     )
     ledger = Ledger(s.data_dir / "ledger.sqlite")
     node.ledger = ledger
+    for held in ledger.vouchers(ident.eth_address_bytes):  # resume after a restart
+        book.restore(from_stored(held))
     redeemer = Redeemer(ledger, hub, s.redemption)
 
     model = await trio.to_thread.run_sync(load_model, s.model_path)
@@ -193,18 +196,25 @@ async def run_node(
                 while service.busy:
                     await trio.sleep(0.2)
             logger.info("drained; redeeming what is held")
-            await chain.run(_redeem_all, redeemer)
+            await chain.run(redeem_all, redeemer)
             node.state = "stopped"
             (s.data_dir / "status.json").write_text(json.dumps(node.status_doc(), indent=2))
             nursery.cancel_scope.cancel()
 
 
-def _redeem_all(redeemer: Redeemer) -> None:
-    """On the way out: redeem every voucher with something accrued, worth it or not."""
+def redeem_all(redeemer: Redeemer) -> int:
+    """Redeem every held voucher with something accrued, worth the gas or not.
+
+    Used on the way out (drain) and by ``hearth node redeem``; returns how many
+    redemptions were sent.
+    """
+    sent = 0
     for sv in redeemer.ledger.vouchers(redeemer.provider):
         if redeemer.accrued(sv) > 0:
             redeemer.redeem(sv)
+            sent += 1
     redeemer.sync_earnings()
+    return sent
 
 
 def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Offer:

@@ -219,7 +219,8 @@ CASES: list[tuple[ProviderState, E.Event, float, ProviderState, list[str]]] = [
     (S.ACCEPTED, E.DeadlinePassed(), 10.0, S.DONE, ["ReleaseSlot", "ReportOutcome"]),
     (S.ACCEPTED, award(), 0.2, S.ACCEPTED, []),
     (S.STREAMING, toks(8), 0.3, S.STREAMING, ["SendChunk"]),
-    (S.STREAMING, toks(5), 0.3, S.STREAMING, []),  # not a full chunk yet
+    # The first chunk leaves with the first tokens (time to first token)…
+    (S.STREAMING, toks(5), 0.3, S.STREAMING, ["SendChunk"]),
     (
         S.STREAMING,
         E.GenerationFinished(finish_reason="stop"),
@@ -368,3 +369,11 @@ def test_chunks_carry_the_hash_chain_and_end_carries_the_commitment() -> None:
     assert m.state is S.FINISHING
     m.handle(voucher(cost_of(11, PRICE)), 0.5)
     assert m.outcome is not None and m.outcome.completed and m.outcome.paid == cost_of(11, PRICE)
+
+
+def test_only_the_first_chunk_leaves_before_it_is_full() -> None:
+    m = streaming()
+    assert kinds(m.handle(toks(1, 0), 0.3)) == ["SendChunk"]  # first token out at once
+    m.handle(voucher(cost_of(1, PRICE) or 1), 0.31)
+    assert kinds(m.handle(toks(5, 1), 0.4)) == []  # a later partial chunk waits to fill
+    assert kinds(m.handle(toks(3, 6), 0.5)) == ["SendChunk"]
