@@ -1,0 +1,519 @@
+"""``hearth.toml``: the one configuration file of a node, buyer or gateway.
+
+Every key lives in a section dataclass below, declared in one line with
+:func:`setting` — its default, its documentation and its rules::
+
+    max_batch: int = setting(8, "Most requests decoded together in one step.", lo=1, hi=256)
+
+:func:`load_config` reads the file with ``tomllib`` and validates *everything*
+before returning: unknown sections or keys (with a did-you-mean), wrong types,
+numbers out of range, values outside a fixed set, malformed addresses. A bad file
+raises one :class:`ConfigError` listing each problem as ``dotted.key = value:
+expected …``. ``hearth config example`` prints :func:`example_config` — every key
+with its documentation and default — and ``hearth config check FILE`` validates.
+
+Missing keys take their defaults, chosen for a home node: data under
+``~/.hearth``, CPU/GPU chosen automatically, the embedded chain, gateway and
+dashboard on loopback only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import re
+import textwrap
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "HearthConfig",
+    "config_from_dict",
+    "example_config",
+    "load_config",
+    "parse_config",
+    "setting",
+]
+
+Check = Callable[[Any], str | None]
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: Check | None = None,
+    expect: str | None = None,
+) -> Any:
+    """Declare one config key: default, documentation, and validation rules.
+
+    ``lo``/``hi`` bound numbers (inclusive); ``choices`` fixes the allowed strings;
+    ``check(value)`` returns an error text or ``None`` and ``expect`` describes what
+    it wants (shown in error messages and in the example file).
+    """
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "check": check, "expect": expect}
+    if isinstance(default, dict):
+        frozen = dict(default)
+        return field(default_factory=lambda: dict(frozen), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ------------------------------------------------------------------ validators
+
+
+def _multiaddr(v: Any) -> str | None:
+    for item in v:
+        if not re.fullmatch(r"(/[^/\s]+)+", item) or item.count("/") < 4:
+            return f"{item!r} is not a multiaddr"
+    return None
+
+
+def _bootstrap(v: Any) -> str | None:
+    err = _multiaddr(v)
+    if err:
+        return err
+    for item in v:
+        if "/p2p/" not in item:
+            return f"{item!r} lacks the /p2p/<peer id> part"
+    return None
+
+
+def _token(v: Any) -> str | None:
+    if v == "" or re.fullmatch(r"0x[0-9a-fA-F]{40}", v):
+        return None
+    return "not an address"
+
+
+def _rpc(v: Any) -> str | None:
+    if v == "embedded" or re.match(r"(https?|wss?)://\S+$", v):
+        return None
+    return "not a URL"
+
+
+def _nonempty(v: Any) -> str | None:
+    return None if v.strip() else "empty"
+
+
+def _env_name(v: Any) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) else "not a variable name"
+
+
+# -------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSection:
+    """Who and where this node is."""
+
+    data_dir: str = setting(
+        "~/.hearth", "Folder for the ledger, peer cache, models and logs.", check=_nonempty
+    )
+    name: str = setting("", 'Display name shown to peers and on the dashboard ("" = none).')
+    region: str = setting(
+        "", 'Region label used by buyers to prefer nearby nodes, e.g. "us-west" ("" = unset).'
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySection:
+    """The node's keystore (see `hearth identity --help`)."""
+
+    keystore: str = setting(
+        "~/.hearth/keystore",
+        "Keystore folder holding the libp2p and Ethereum keys (encrypted).",
+        check=_nonempty,
+    )
+    passphrase_env: str = setting(
+        "HEARTH_PASSPHRASE",
+        "Environment variable holding the keystore passphrase; unset = ask on the terminal.",
+        check=_env_name,
+        expect="an environment variable name",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSection:
+    """libp2p networking: where to listen and whom to meet first."""
+
+    listen: tuple[str, ...] = setting(
+        ("/ip4/0.0.0.0/tcp/4001",),
+        "Multiaddrs to listen on.",
+        check=_multiaddr,
+        expect="multiaddrs like /ip4/0.0.0.0/tcp/4001",
+    )
+    announce: tuple[str, ...] = setting(
+        (),
+        "Public multiaddrs to advertise instead of the listen ones (port forwards); [] = auto.",
+        check=_multiaddr,
+        expect="multiaddrs like /ip4/203.0.113.5/tcp/4001",
+    )
+    bootstrap: tuple[str, ...] = setting(
+        (),
+        "Bootstrap peers to dial at start.",
+        check=_bootstrap,
+        expect="multiaddrs ending in /p2p/<peer id>",
+    )
+    peer_cache: str = setting(
+        "~/.hearth/peers.json",
+        "File remembering peers seen, to rejoin without bootstrap.",
+        check=_nonempty,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSection:
+    """How the node prices and streams work."""
+
+    currency_token: str = setting(
+        "",
+        'ERC-20 token address prices are in ("" = the deployment\'s default token).',
+        check=_token,
+        expect='"" or a 0x-prefixed 20-byte hex address',
+    )
+    price_per_1k: int = setting(
+        0, "Price floor, in token base units per 1,000 tokens; never bid below it.", lo=0
+    )
+    margin: float = setting(
+        0.2, "Markup over the electricity cost when bidding (0.2 = +20 %).", lo=0.0, hi=100.0
+    )
+    electricity_price_per_kwh: float = setting(
+        0.30, "Electricity price, in token units (not base units) per kWh.", lo=0.0, hi=1e6
+    )
+    power_draw_w: int = setting(
+        350, "Typical power draw of the box while generating, in watts.", lo=1, hi=100_000
+    )
+    chunk_tokens: int = setting(16, "Tokens per streamed chunk.", lo=1, hi=1024)
+    credit_chunks: int = setting(
+        1, "Chunks streamed ahead of payment (1 = risk bounded to one chunk).", lo=1, hi=1024
+    )
+    bid_window_ms: int = setting(
+        300, "How long a buyer collects bids before awarding, in ms.", lo=1, hi=600_000
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServingSection:
+    """The inference engine."""
+
+    models: tuple[str, ...] = setting(
+        (), "Models to serve: paths to GGUF/safetensors files or folders, or model names."
+    )
+    device: str = setting(
+        "auto", 'Where to run: "auto" (CUDA if present), "cpu" or "cuda".',
+        choices=("auto", "cpu", "cuda"),
+    )  # fmt: skip
+    max_batch: int = setting(8, "Most requests decoded together in one step.", lo=1, hi=1024)
+    kv_cache_mb: int = setting(
+        1024, "Memory reserved for the KV cache, in MiB.", lo=16, hi=1_048_576
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSection:
+    """Settlement on an EVM chain."""
+
+    rpc_url: str = setting(
+        "embedded",
+        'JSON-RPC URL of the chain, or "embedded" for an in-process test chain.',
+        check=_rpc,
+        expect='"embedded" or an http(s):// / ws(s):// URL',
+    )
+    deployment: str = setting(
+        "~/.hearth/deployment.json",
+        "JSON file with the contract addresses (written by `hearth chain deploy`).",
+        check=_nonempty,
+    )
+    redeem_min_gas_multiple: float = setting(
+        10.0,
+        "Redeem a voucher once its value is at least this many times the gas cost.",
+        lo=1.0,
+        hi=1e9,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PowerSection:
+    """What tells the node to throttle or stop for the house."""
+
+    source: str = setting(
+        "none",
+        'Power signal: "none", "file", "span" (SPAN panel) or "schedule".',
+        choices=("none", "file", "span", "schedule"),
+    )
+    options: dict[str, Any] = setting(  # noqa: RUF009 (setting() returns a field)
+        {}, 'Options of that source, e.g. { path = "/run/hearth/power" } for "file".'
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySection:
+    """The OpenAI-compatible HTTP gateway (`hearth gateway`)."""
+
+    host: str = setting(
+        "127.0.0.1", "Interface to bind (127.0.0.1 = this machine only).", check=_nonempty
+    )
+    port: int = setting(8080, "TCP port.", lo=1, hi=65535)
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardSection:
+    """The node's local web dashboard."""
+
+    port: int = setting(8090, "TCP port on 127.0.0.1 (0 = no dashboard).", lo=0, hi=65535)
+    token: str = setting("", 'Access token the dashboard asks for ("" = none; loopback only).')
+
+
+@dataclass(frozen=True, slots=True)
+class HearthConfig:
+    """The whole file: one attribute per ``[section]``."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    identity: IdentitySection = field(default_factory=IdentitySection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    market: MarketSection = field(default_factory=MarketSection)
+    serving: ServingSection = field(default_factory=ServingSection)
+    chain: ChainSection = field(default_factory=ChainSection)
+    power: PowerSection = field(default_factory=PowerSection)
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    dashboard: DashboardSection = field(default_factory=DashboardSection)
+
+    def path(self, value: str) -> Path:
+        """A path setting with ``~`` expanded, e.g. ``cfg.path(cfg.identity.keystore)``."""
+        return Path(value).expanduser()
+
+
+# ---------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One bad key: where, what was there, and what was expected."""
+
+    key: str
+    value: Any
+    expected: str
+
+    def __str__(self) -> str:
+        if self.value is _MISSING:
+            return f"{self.key}: expected {self.expected}"
+        shown = _toml(self.value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return f"{self.key} = {shown}: expected {self.expected}"
+
+
+class ConfigError(Exception):
+    """A config file was rejected; :attr:`problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+
+
+_MISSING: Any = object()
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
+    if meta.get("choices"):
+        return "one of " + ", ".join(json.dumps(c) for c in meta["choices"])
+    base = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+    }.get(tp)
+    if base is None:
+        origin = typing.get_origin(tp)
+        base = "a list of strings" if origin is tuple else "a table"
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is not None:
+        base += f" between {lo} and {hi}"
+    elif lo is not None:
+        base += f" >= {lo}"
+    if meta.get("expect"):
+        base += f" ({meta['expect']})"
+    return base
+
+
+def _check_type(tp: Any, value: Any) -> Any:
+    """The value converted to the field's Python type, or ``_MISSING`` if it does not fit."""
+    if tp is bool:
+        return value if type(value) is bool else _MISSING
+    if tp is int:
+        return value if type(value) is int else _MISSING
+    if tp is float:
+        if type(value) in (int, float) and math.isfinite(value):
+            return float(value)
+        return _MISSING
+    if tp is str:
+        return value if type(value) is str else _MISSING
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if type(value) is list and all(type(x) is str for x in value):
+            return tuple(value)
+        return _MISSING
+    if origin is dict:
+        return dict(value) if isinstance(value, dict) else _MISSING
+    raise TypeError(f"unsupported config type {tp!r}")
+
+
+def _check_value(value: Any, meta: Mapping[str, Any]) -> str | None:
+    lo, hi, choices, check = meta["lo"], meta["hi"], meta["choices"], meta["check"]
+    if choices is not None and value not in choices:
+        return "not allowed"
+    if lo is not None and value < lo:
+        return "too small"
+    if hi is not None and value > hi:
+        return "too large"
+    if check is not None:
+        result: str | None = check(value)
+        return result
+    return None
+
+
+def _did_you_mean(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _section(cls: type, data: Any, prefix: str, problems: list[ConfigProblem]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(ConfigProblem(prefix, data, f"a [{prefix}] table"))
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in data.items():
+        dotted = f"{prefix}.{key}"
+        if key not in fields:
+            known = ", ".join(fields)
+            problems.append(
+                ConfigProblem(
+                    dotted,
+                    raw,
+                    f"a known key{_did_you_mean(key, list(fields))}: {known}",
+                )
+            )
+            continue
+        f = fields[key]
+        expected = _describe(hints[key], f.metadata)
+        value = _check_type(hints[key], raw)
+        if value is _MISSING or _check_value(value, f.metadata) is not None:
+            detail = "" if value is _MISSING else _check_value(value, f.metadata)
+            reason = (
+                expected
+                if not detail or detail in ("not allowed", "too small", "too large")
+                else f"{expected}; {detail}"
+            )
+            problems.append(ConfigProblem(dotted, raw, reason))
+            continue
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any], *, source: str = "hearth.toml") -> HearthConfig:
+    """Validate parsed TOML data; raise :class:`ConfigError` listing every problem."""
+    problems: list[ConfigProblem] = []
+    hints = typing.get_type_hints(HearthConfig)
+    sections = [f.name for f in dataclasses.fields(HearthConfig)]
+    kwargs: dict[str, Any] = {}
+    for name, body in data.items():
+        if name not in sections:
+            problems.append(
+                ConfigProblem(
+                    name,
+                    body,
+                    f"a known section{_did_you_mean(name, sections)}: " + ", ".join(sections),
+                )
+            )
+            continue
+        kwargs[name] = _section(hints[name], body, name, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return HearthConfig(**kwargs)
+
+
+def parse_config(text: str, *, source: str = "hearth.toml") -> HearthConfig:
+    """Parse and validate TOML text."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, [ConfigProblem("(file)", _MISSING, f"valid TOML: {e}")]) from None
+    return config_from_dict(data, source=source)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> HearthConfig:
+    """Read and validate ``hearth.toml`` at ``path`` (``None`` = all defaults)."""
+    if path is None:
+        return HearthConfig()
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            str(p),
+            [ConfigProblem("(file)", _MISSING, "an existing file (see `hearth config example`)")],
+        ) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            str(p), [ConfigProblem("(file)", _MISSING, f"a readable UTF-8 file ({e})")]
+        ) from None
+    return parse_config(text, source=str(p))
+
+
+# --------------------------------------------------------------------- example
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_toml(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    return repr(value)
+
+
+def example_config() -> str:
+    """A complete, commented ``hearth.toml`` holding every key at its default."""
+    lines = [
+        "# hearth.toml — configuration of a Hearth node, buyer or gateway.",
+        "# Every key is optional; the values below are the defaults.",
+        "# Check a file with: hearth config check hearth.toml",
+    ]
+    defaults = HearthConfig()
+    hints = typing.get_type_hints(HearthConfig)
+    for sec in dataclasses.fields(HearthConfig):
+        cls = hints[sec.name]
+        lines += ["", f"[{sec.name}]"]
+        lines += [f"# {ln}" for ln in textwrap.wrap((cls.__doc__ or "").strip(), 86)]
+        section_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            lines.append("")
+            for ln in textwrap.wrap(f.metadata["doc"], 86):
+                lines.append(f"# {ln}")
+            lines.append(f"# Expected: {_describe(section_hints[f.name], f.metadata)}.")
+            lines.append(f"{f.name} = {_toml(getattr(getattr(defaults, sec.name), f.name))}")
+    return "\n".join(lines) + "\n"
