@@ -116,6 +116,19 @@ def find_anvil() -> Path | None:
     return Path(found) if found else None
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent dies, so a
+    killed test session never leaves anvil behind. (The signal fires when the *thread*
+    that started it exits: start anvil from a long-lived thread, e.g. the main one.)"""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: fall back to stop() by PID
+
+
 class AnvilProcess:
     """An anvil node on 127.0.0.1 and a free port (``--port 0``).
 
@@ -129,6 +142,7 @@ class AnvilProcess:
         binary: Path | None = None,
         log_path: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        die_with_parent: bool = True,
     ) -> None:
         self.binary = binary or find_anvil()
         if self.binary is None:
@@ -137,6 +151,7 @@ class AnvilProcess:
             )
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="anvil-", suffix=".log")[1])
         self.extra_args = extra_args
+        self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -148,6 +163,7 @@ class AnvilProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         finally:
             log.close()

@@ -59,6 +59,8 @@ def test_settlement_state_machine(anvil_rpc_url: str) -> None:
             self.stake = [0] * PROVIDERS
             self.unbonding = [0] * PROVIDERS
             self.registry_held = 0
+            for i in range(BUYERS):  # everyone starts with a deposit
+                self.deposit(i, 10**6)
 
         def _cum(self, i: int, j: int) -> int:
             vs = self.signed.get((i, j))
@@ -90,12 +92,24 @@ def test_settlement_state_machine(anvil_rpc_url: str) -> None:
                 SignedVoucher(v, sign_voucher(self.buyer_keys[i], hub.domain(), v))
             )
 
+        @rule(
+            i=st.integers(0, BUYERS - 1),
+            j=st.integers(0, PROVIDERS - 1),
+            inc=st.integers(1, 400_000),
+        )
+        def job_then_redeem(self, i: int, j: int, inc: int) -> None:
+            """The common path: a job's voucher, redeemed at once."""
+            self.sign(i, j, inc)
+            self._redeem(i, j, self.signed[(i, j)][-1])
+
         @precondition(lambda self: bool(self.signed))
         @rule(data=st.data(), old=st.booleans())
         def redeem(self, data: st.DataObject, old: bool) -> None:
             i, j = data.draw(st.sampled_from(sorted(self.signed)))
             vs = self.signed[(i, j)]
-            sv = data.draw(st.sampled_from(vs)) if old else vs[-1]
+            self._redeem(i, j, data.draw(st.sampled_from(vs)) if old else vs[-1])
+
+        def _redeem(self, i: int, j: int, sv: SignedVoucher) -> None:
             already = self.redeemed.get((i, j), 0)
             owed = min(max(0, sv.voucher.cumulative_amount - already), self.bal[i])
             try:
@@ -214,8 +228,8 @@ def test_settlement_state_machine(anvil_rpc_url: str) -> None:
     run_state_machine_as_test(
         Settlement,
         settings=settings(
-            max_examples=10,
-            stateful_step_count=18,
+            max_examples=8,
+            stateful_step_count=20,
             deadline=None,
             derandomize=True,
             suppress_health_check=[HealthCheck.too_slow],
