@@ -1,6 +1,6 @@
 """atheris (libFuzzer) target for the wire decoder and envelope opener.
 
-The CI fuzz test (``tests/market/protocol/test_wire_fuzz.py``) runs ~200k seeded
+The CI fuzz test (``tests/market/protocol/test_wire_fuzz.py``) runs ~120k seeded
 cases; this target is for long, coverage-guided runs. The property is the same:
 ``decode`` and ``unseal`` either return or raise ``RemoteProtocolError``; any other
 exception is a crash that libFuzzer saves as ``crash-<sha1>`` for reproduction.

@@ -4,7 +4,7 @@ Two parts:
 
 * a bulk loop of seeded, hypothesis-free cases — random bytes, mutated valid message
   frames, mutated envelopes, and validly re-signed envelopes around mutated payloads —
-  ``HEARTH_FUZZ_CASES`` of them (default 200,000), with the count and rate printed;
+  ``HEARTH_FUZZ_CASES`` of them (default 120,000), with the count and rate printed;
 * hypothesis tests (random bytes; mutations of hypothesis-generated messages) that
   shrink any failure to a minimal example.
 
@@ -35,7 +35,7 @@ from tests.market.protocol.wire_corpus import mutate, random_message, resealed_m
 from tests.market.protocol.wire_strategies import any_message
 
 SEED = int(os.environ.get("HEARTH_FUZZ_SEED", "20261123"))
-CASES = int(os.environ.get("HEARTH_FUZZ_CASES", "200000"))
+CASES = int(os.environ.get("HEARTH_FUZZ_CASES", "120000"))
 NOW = 1_700_000_000_000
 
 
@@ -109,7 +109,7 @@ def test_random_bytes_hypothesis(data: bytes) -> None:
     _accepts_only_remote_errors(lambda d: unseal(d, now_ms=NOW), data, "hypothesis random bytes")
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(msg=any_message(), seed=st.integers(0, 2**32), donor=any_message())
 def test_mutated_messages_hypothesis(msg: Message, seed: int, donor: Message) -> None:
     rng = random.Random(seed)
