@@ -184,7 +184,7 @@ class Simulation:
         self.model_ids = [model_id(i) for i in range(cfg.models)]
         self.rep = _Reputation()
         self.scorer = WeightedScorer()
-        self.buyer_cfg = BuyerConfig(accept_timeout_s=1.5, silence_timeout_s=3.0, max_rounds=4)
+        self.buyer_cfg = BuyerConfig(accept_timeout_s=1.5, silence_timeout_s=3.0, max_rounds=8)
         self.provider_cfg = ProviderConfig(
             bid_ttl_s=8.0, heartbeat_interval_s=1.0, payment_timeout_s=4.0
         )
@@ -524,8 +524,8 @@ class Simulation:
         if isinstance(owner, BuyerNode):
             self._buyer_actions(owner, tr, actions, now)
         else:
-            self._provider_actions(owner, tr, actions, now)
             assert isinstance(m, ProviderJob)
+            self._provider_actions(owner, tr, actions, now)
             if m.award is not None and m.state is not ProviderState.DONE:
                 self.check.provider_credit(m.award.job_id, m.unpaid_chunks, m.award.credit_chunks)
         if tr.dead or m.finished:

@@ -82,6 +82,8 @@ class SimConfig:
             raise ValueError("--loss above 0.5 makes every stream a retransmission storm")
         if not 1 <= self.min_tokens <= self.max_tokens <= 100_000:
             raise ValueError("need 1 <= min_tokens <= max_tokens <= 100000")
+        if not 0 < self.jobs_per_provider_s <= 1000 or self.partitions < 0:
+            raise ValueError("--rate must be within (0, 1000] and --partitions >= 0")
         if self.inject not in INJECTIONS:
             raise ValueError(f"--inject must be one of {INJECTIONS[1:]}")
 
@@ -107,6 +109,8 @@ class SimConfig:
             parts.append(f"--loss={self.loss}")
         if self.partitions:
             parts.append(f"--partitions={self.partitions}")
+        if self.jobs_per_provider_s != 0.12:
+            parts.append(f"--rate={self.jobs_per_provider_s}")
         if self.inject:
             parts.append(f"--inject={self.inject}")
         return shlex.join(parts)

@@ -59,6 +59,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         freeze_rate: float = typer.Option(0.0, help="Fraction of providers that freeze (0..1)."),
         loss: float = typer.Option(0.0, help="Message loss probability (0..0.5)."),
         partitions: int = typer.Option(0, help="Random region-pair partitions during the run."),
+        rate: float = typer.Option(
+            0.12, help="Job arrivals per provider per second (raise it to overload the market)."
+        ),
         inject: str = typer.Option(
             "", help="Deliberate bug to test the checker: overpay, lose_outcome."
         ),
@@ -77,6 +80,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 freeze_rate=freeze_rate,
                 loss=loss,
                 partitions=partitions,
+                jobs_per_provider_s=rate,
                 inject=inject,
             )
         except ValueError as e:
