@@ -17,6 +17,7 @@ from market.protocol.auction import (
 from market.protocol.buyer import BuyerConfig, BuyerJob, BuyerState
 from market.protocol.codec import (
     MAX_FRAME,
+    MAX_MESSAGE,
     WIRE_VERSION,
     decode,
     decode_frame,
@@ -94,6 +95,7 @@ __all__ = [
     "ENVELOPE_DOMAIN",
     "MAX_CLOCK_SKEW_MS",
     "MAX_FRAME",
+    "MAX_MESSAGE",
     "MAX_TTL_MS",
     "MESSAGE_TYPES",
     "WIRE_VERSION",

@@ -35,13 +35,24 @@ from market.protocol.errors import LocalProtocolError, RemoteProtocolError
 from market.protocol.messages import MESSAGE_TYPES, Message
 from market.protocol.schema import Invalid, WireStruct, struct_from_wire, struct_to_wire
 
-__all__ = ["MAX_FRAME", "WIRE_VERSION", "decode", "decode_frame", "encode", "encode_frame"]
+__all__ = [
+    "MAX_FRAME",
+    "MAX_MESSAGE",
+    "WIRE_VERSION",
+    "decode",
+    "decode_frame",
+    "encode",
+    "encode_frame",
+]
 
 #: Version of the frame layout itself (messages carry their own version too).
 WIRE_VERSION = 1
 #: Largest frame we send or accept: libp2p silently drops messages over 1 MiB, so
 #: keep 64 KiB of headroom for the envelope, pubsub and protobuf framing.
 MAX_FRAME = 1024 * 1024 - 64 * 1024
+#: Largest encoded message: leaves room for the envelope around it (~300 bytes),
+#: so any message that encodes can also be sealed.
+MAX_MESSAGE = MAX_FRAME - 1024
 
 T = TypeVar("T", bound=WireStruct)
 
@@ -50,8 +61,8 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not allowed")
 
 
-def encode_frame(obj: WireStruct, tag: str, version: int) -> bytes:
-    """Canonical bytes of ``[WIRE_VERSION, tag, version, body(obj)]``."""
+def encode_frame(obj: WireStruct, tag: str, version: int, *, limit: int = MAX_FRAME) -> bytes:
+    """Canonical bytes of ``[WIRE_VERSION, tag, version, body(obj)]`` (at most ``limit``)."""
     data = msgpack.packb(
         [WIRE_VERSION, tag, version, struct_to_wire(obj)],
         use_bin_type=True,
@@ -59,18 +70,22 @@ def encode_frame(obj: WireStruct, tag: str, version: int) -> bytes:
         datetime=False,
     )
     assert isinstance(data, bytes)
-    if len(data) > MAX_FRAME:
+    if len(data) > limit:
         raise LocalProtocolError(
-            f"{type(obj).__name__} encodes to {len(data)} bytes, over MAX_FRAME ({MAX_FRAME})"
+            f"{type(obj).__name__} encodes to {len(data)} bytes, over the limit of {limit} "
+            "(MAX_MESSAGE for messages, MAX_FRAME for envelopes)"
         )
     return data
 
 
 def encode(message: Message) -> bytes:
-    """Canonical frame of a registered :class:`Message` (``LocalProtocolError`` if too big)."""
+    """Canonical frame of a registered :class:`Message`.
+
+    ``LocalProtocolError`` if it is not a message or encodes to over :data:`MAX_MESSAGE`.
+    """
     if not isinstance(message, Message):
         raise LocalProtocolError(f"cannot encode {type(message).__name__}: not a Message")
-    return encode_frame(message, message.TAG, message.VERSION)
+    return encode_frame(message, message.TAG, message.VERSION, limit=MAX_MESSAGE)
 
 
 def decode_frame(
@@ -116,7 +131,7 @@ def decode_frame(
             f"{cls.__name__}{'.' + where if where else ''}: {e.message}"
         ) from None
     try:
-        canonical = encode_frame(obj, tag, version)
+        canonical = encode_frame(obj, tag, version, limit=max_size)
     except LocalProtocolError:
         canonical = b""
     if canonical != data:
@@ -124,6 +139,6 @@ def decode_frame(
     return obj
 
 
-def decode(data: bytes, *, max_size: int = MAX_FRAME) -> Message:
+def decode(data: bytes, *, max_size: int = MAX_MESSAGE) -> Message:
     """Strictly decode one message frame; ``RemoteProtocolError`` on any fault."""
     return decode_frame(data, MESSAGE_TYPES, max_size=max_size)

@@ -33,7 +33,7 @@ from typing import Annotated
 
 import msgpack
 
-from market.protocol.codec import MAX_FRAME, decode, decode_frame, encode, encode_frame
+from market.protocol.codec import MAX_MESSAGE, decode, decode_frame, encode, encode_frame
 from market.protocol.errors import LocalProtocolError, RemoteProtocolError
 from market.protocol.messages import Message, PeerIdStr
 from market.protocol.peerid import peer_id_from_ed25519
@@ -74,7 +74,7 @@ class Envelope(WireStruct):
     sender_key: Annotated[bytes, Size(32, 32)]
     created_at_ms: Millis
     expires_at_ms: Millis
-    payload: Annotated[bytes, Size(1, MAX_FRAME)]
+    payload: Annotated[bytes, Size(1, MAX_MESSAGE)]
     signature: Annotated[bytes, Size(64, 64)]
 
     def _invariant(self) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import Annotated
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from market.protocol import (
     MAX_FRAME,
+    MAX_MESSAGE,
     MESSAGE_TYPES,
     Bid,
     ChatMessage,
@@ -162,8 +164,18 @@ def test_oversize_message_refused_on_encode() -> None:
     msg = TokenChunk(
         job_id=JOB, seq=0, token_ids=(), logprobs=(), text="a" * 999_999, chain_hash=bytes(32)
     )
-    with pytest.raises(LocalProtocolError, match="over MAX_FRAME"):
+    with pytest.raises(LocalProtocolError, match="over the limit"):
         encode(msg)
+    # Anything that encodes can be sealed: the envelope fits in MAX_FRAME.
+    import random
+
+    from market.protocol import MAX_MESSAGE, SigningKey, seal
+
+    room = MAX_MESSAGE - len(encode(dataclasses.replace(msg, text="")))
+    biggest = dataclasses.replace(msg, text="a" * (room - 5))  # str header grows by 4
+    assert len(encode(biggest)) <= MAX_MESSAGE
+    key = SigningKey.generate(random.Random(0).randbytes)
+    assert len(seal(biggest, key=key, now_ms=0, rng=random.Random(0).randbytes)) <= MAX_FRAME
 
 
 def test_encode_non_message_is_local_error() -> None:
@@ -302,6 +314,7 @@ def test_decode_rejects_trailing_bytes_and_oversize() -> None:
     frame = encode(Heartbeat(job_id=JOB, seq=7))
     assert "undecodable" in _reason(frame + b"\x00")
     assert "exceeds limit" in _reason(b"\x00" * (MAX_FRAME + 1))
+    assert "exceeds limit" in _reason(b"\x00" * (MAX_MESSAGE + 1))
 
 
 def test_decode_enum_and_literal_values() -> None:
