@@ -26,7 +26,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from market.protocol import actions as A
@@ -55,8 +54,9 @@ from market.protocol.policy import ProviderStatus
 from market.protocol.provider import ProviderConfig, ProviderJob, ProviderState
 from market.sim.core import EventQueue
 from market.sim.gossip import ShardedGossip
-from market.sim.invariants import InvariantChecker, Violation
+from market.sim.invariants import InvariantChecker
 from market.sim.network import NetworkModel, Partition
+from market.sim.report import SimReport
 from market.sim.world import (
     BuyerNode,
     Generation,
@@ -91,81 +91,6 @@ class _Reputation:
     def adjust(self, peer: str, delta: float) -> None:
         s = self.scores.get(peer, 0.8) + delta
         self.scores[peer] = 0.0 if s < 0.0 else (1.0 if s > 1.0 else s)
-
-
-@dataclass(slots=True)
-class SimReport:
-    """Figures of one run (``as_json()`` is the CLI's ``--json`` object)."""
-
-    config: SimConfig
-    jobs_completed: int = 0
-    jobs_failed: int = 0
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-    jobs_lost: int = 0
-    award_ms: list[float] = field(default_factory=list)
-    direct_messages: int = 0
-    gossip_messages: int = 0
-    bids: int = 0
-    failovers: int = 0
-    tokens: int = 0
-    paid: int = 0
-    events: int = 0
-    sim_time_s: float = 0.0
-    wall_s: float = 0.0
-    crashes: int = 0
-    freezes: int = 0
-    violations: list[Violation] = field(default_factory=list)
-
-    @staticmethod
-    def _pct(xs: list[float], q: float) -> float:
-        if not xs:
-            return 0.0
-        s = sorted(xs)
-        return s[min(len(s) - 1, int(q * len(s)))]
-
-    @property
-    def jobs(self) -> int:
-        return self.jobs_completed + self.jobs_failed
-
-    def as_json(self) -> dict[str, Any]:
-        jobs = max(self.jobs, 1)
-        v = self.violations[0] if self.violations else None
-        return {
-            "providers": self.config.providers,
-            "buyers": self.config.n_buyers,
-            "seed": self.config.seed,
-            "jobs": self.jobs,
-            "jobs_completed": self.jobs_completed,
-            "jobs_failed": self.jobs_failed,
-            "failed_by_reason": dict(sorted(self.failed_by_reason.items())),
-            "jobs_lost": self.jobs_lost,
-            "invariant_violations": len(self.violations),
-            "violation": None
-            if v is None
-            else {
-                "invariant": v.invariant,
-                "detail": v.detail,
-                "time": v.time,
-                "event": v.event_index,
-            },
-            "repro": self.config.command() if v is not None else None,
-            "messages_per_job": round((self.direct_messages + self.gossip_messages) / jobs, 2),
-            "direct_messages_per_job": round(self.direct_messages / jobs, 2),
-            "gossip_messages_per_job": round(self.gossip_messages / jobs, 2),
-            "bids_per_job": round(self.bids / jobs, 2),
-            "award_ms": {
-                "p50": round(1000 * self._pct(self.award_ms, 0.5), 1),
-                "p95": round(1000 * self._pct(self.award_ms, 0.95), 1),
-            },
-            "failovers": self.failovers,
-            "crashes": self.crashes,
-            "freezes": self.freezes,
-            "tokens": self.tokens,
-            "events": self.events,
-            "sim_time_s": round(self.sim_time_s, 2),
-            "events_per_s": round(self.events / self.wall_s) if self.wall_s > 0 else 0,
-            "wall_s": round(self.wall_s, 2),
-        }
 
 
 class Simulation:
