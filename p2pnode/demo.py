@@ -74,7 +74,7 @@ class Demo:
 
         m = self.m
         results = []
-        async with open_buyer_client(load_buyer(m.config_for("buyer"))) as client:
+        async with open_buyer_client(load_buyer(m.config_for("buyer"), m.env)) as client:
             self.step("buyer joined the network; waiting for the homeowners' offers")
             with trio.fail_after(60):
                 while client.catalog.provider_count(trio.current_time()) < len(HOMEOWNERS):
@@ -119,20 +119,20 @@ class Demo:
                 self.step(f"{name} was killed: `hearth node redeem` settles what its ledger kept")
                 m.redeem_offline(name)
 
-    def report(self) -> None:
-        from market.ledger import Ledger
-
+    def report(self, results: list[Any]) -> None:
         m = self.m
         dep = m.deployment
         token, hub = dep.erc20(m.admin), dep.hub(m.admin)
         table = Table(title="Settled on chain (read back from the contracts)")
-        for col in ("who", "address", "tokens served", "hUSD"):
+        delivered: dict[str, int] = {}
+        for r in results:
+            for share in r.shares:
+                delivered[share.peer_id] = delivered.get(share.peer_id, 0) + share.tokens
+        for col in ("who", "address", "tokens delivered", "hUSD"):
             table.add_column(col, justify="right" if col != "who" else "left")
         for name in HOMEOWNERS:
             p = m.node(name)
-            ledger = Ledger(p.data_dir / "ledger.sqlite")
-            served = sum(int(j["tokens"] or 0) for j in ledger.jobs())
-            ledger.close()
+            served = delivered.get(p.peer_id, 0)
             table.add_row(
                 name, p.address, str(served), f"earned {token.balance_of(p.address) / 1e6:.6f}"
             )
@@ -153,9 +153,9 @@ def run_demo(workdir: Path, max_tokens: int = 48) -> None:
     demo = Demo(market, console, max_tokens)
     try:
         demo.setup()
-        trio.run(demo.run_jobs)
+        results = trio.run(demo.run_jobs)
         demo.settle()
-        demo.report()
+        demo.report(results)
     finally:
         market.stop()
     console.print(

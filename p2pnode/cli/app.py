@@ -34,7 +34,26 @@ for _area in (identity, serving, chain, sim, net, market, power):
 
 def main() -> None:
     """Console-script entry point."""
+    _configure_logging()
     app()
+
+
+def _configure_logging() -> None:
+    """Warnings and up by default; ``HEARTH_LOG=debug|info|…`` for more.
+
+    py-libp2p logs every failed dial and reset stream of a dead peer at error level;
+    the node handles those itself, so they are shown only when asked for.
+    """
+    import logging
+    import os
+
+    level = os.environ.get("HEARTH_LOG", "").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not level:
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

@@ -53,21 +53,17 @@ def _load(kind: str, path: Path) -> Any:
 def node(
     ctx: typer.Context,
     config: ConfigOpt = Path("hearth.toml"),
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO.")] = False,
 ) -> None:
-    """Run a homeowner node until SIGTERM/Ctrl-C, then drain and redeem what it earned."""
+    """Run a homeowner node until SIGTERM/Ctrl-C, then drain and redeem what it earned.
+
+    Logs go to stderr at warning level; set HEARTH_LOG=info (or debug) for more.
+    """
     if ctx.invoked_subcommand is not None:
         return
-    import logging
-
     import trio
 
     from p2pnode.node.runtime import run_node
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     settings = _load("node", config)
     typer.echo(f"node {settings.identity.peer_id} starting (data in {settings.data_dir})", err=True)
     trio.run(run_node, settings)
@@ -80,7 +76,6 @@ def node_status(
 ) -> None:
     """Show a node's jobs, earnings, redemptions and peers (from its data directory)."""
     from market.config import load_config
-
     from market.ledger import Ledger
 
     _check_config(config)

@@ -116,7 +116,7 @@ async def run_node(
     settings: NodeSettings, *, task_status: trio.TaskStatus[_Node] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run a provider node until cancelled or drained by SIGTERM/SIGINT."""
-    from p2pnode.serving import Engine, load_model
+    from p2pnode.serving import Engine, GenerationRequest, load_model
 
     s = settings
     node = _Node(s)
@@ -177,6 +177,8 @@ async def run_node(
             refresh_deposit=deposits.refresh,
         )
         node.service = service
+        # One tiny generation first, so the first buyer does not pay for the warm-up.
+        await engine.complete(GenerationRequest(prompt="Hello", max_tokens=2, temperature=0.0))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(node.write_status)
             await nursery.start(

@@ -7,7 +7,7 @@ key means.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +22,11 @@ def _config(path: str | Path) -> Any:
     return load_config(Path(path))
 
 
-def _identity(cfg: Any) -> Any:
+def _identity(cfg: Any, environ: Mapping[str, str] | None = None) -> Any:
     from market.identity import load_identity
     from market.identity.passphrase import resolve_passphrase
 
-    passphrase = resolve_passphrase(env_var=cfg.identity.passphrase_env)
+    passphrase = resolve_passphrase(env_var=cfg.identity.passphrase_env, environ=environ)
     return load_identity(Path(cfg.identity.keystore).expanduser(), passphrase)
 
 
@@ -42,25 +42,37 @@ def _net(cfg: Any) -> Any:
     )
 
 
+def _deployment(cfg: Any) -> Any:
+    """The deployment file, after checking the chain is one other processes can reach."""
+    from market.chain.deployment import Deployment
+
+    if cfg.chain.rpc_url == "embedded":
+        raise ValueError(
+            'chain.rpc_url = "embedded" runs a chain inside one process; a node or buyer '
+            "needs a chain it can share: give an http(s) RPC URL (e.g. anvil's)"
+        )
+    return Deployment.load(Path(cfg.chain.deployment).expanduser())
+
+
 def load_node_settings(path: str | Path) -> Any:
     """Everything ``hearth node`` needs, from the config file at ``path``."""
-    from market.chain.deployment import Deployment
     from market.ledger import RedemptionPolicy
     from market.protocol.policy import CostPlusPolicy
     from p2pnode.node.runtime import NodeSettings
 
     cfg = _config(path)
     m = cfg.market
+    deployment = _deployment(cfg)
     return NodeSettings(
         identity=_identity(cfg),
         net=_net(cfg),
         rpc_url=cfg.chain.rpc_url,
-        deployment=Deployment.load(Path(cfg.chain.deployment).expanduser()),
+        deployment=deployment,
         data_dir=Path(cfg.node.data_dir).expanduser(),
         model_path=cfg.serving.models[0] if cfg.serving.models else None,
         region=cfg.node.region,
         policy=CostPlusPolicy(
-            electricity_per_kwh=m.electricity_price_per_kwh,
+            electricity_per_kwh=int(m.electricity_price_per_kwh * 10**deployment.token_decimals),
             power_draw_w=m.power_draw_w,
             margin=m.margin,
             floor_per_1k=m.price_per_1k,
@@ -92,16 +104,14 @@ class BuyerSetup:
         return ChainClient(connect(self.rpc_url), self.identity.eth_private_key)
 
 
-def load_buyer(path: str | Path) -> BuyerSetup:
-    """The buyer side of the config file at ``path``."""
-    from market.chain.deployment import Deployment
-
+def load_buyer(path: str | Path, environ: Mapping[str, str] | None = None) -> BuyerSetup:
+    """The buyer side of the config file at ``path`` (passphrase from ``environ``)."""
     cfg = _config(path)
     return BuyerSetup(
-        identity=_identity(cfg),
+        identity=_identity(cfg, environ),
         net=_net(cfg),
         rpc_url=cfg.chain.rpc_url,
-        deployment=Deployment.load(Path(cfg.chain.deployment).expanduser()),
+        deployment=_deployment(cfg),
         bid_window_ms=cfg.market.bid_window_ms,
         data_dir=Path(cfg.node.data_dir).expanduser(),
     )
