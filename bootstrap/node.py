@@ -100,7 +100,41 @@ async def run_bootstrap(
             sys.stdout.write(json.dumps(info) + "\n")
             sys.stdout.flush()
             task_status.started(info)
-            await trio.sleep_forever()
+            await _until_stopped()
+            nursery.cancel_scope.cancel()
+
+
+async def _until_stopped() -> None:
+    """Return on SIGTERM/SIGINT, or when stdin says ``quit`` / closes (if it is a pipe)."""
+    import signal
+    import stat
+
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+        async def on_stdin() -> None:
+            try:
+                mode = os.fstat(sys.stdin.fileno()).st_mode
+            except (OSError, ValueError):
+                return
+            if not stat.S_ISFIFO(mode):
+                return
+            stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+            buf = b""
+            while True:
+                chunk = await stream.receive_some(4096)
+                buf += chunk
+                if not chunk or b"quit" in buf:
+                    nursery.cancel_scope.cancel()
+                    return
+                buf = buf[-64:]
+
+        nursery.start_soon(on_signal)
+        nursery.start_soon(on_stdin)
 
 
 async def _drain(rx: trio.MemoryReceiveChannel[Any]) -> None:

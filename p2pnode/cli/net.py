@@ -52,9 +52,14 @@ def bootstrap_cmd(
     circuit_mb: Annotated[int, typer.Option(min=1)] = 64,
 ) -> None:
     """Run a bootstrap node: DHT server, circuit relay, rendezvous point, gossip seed."""
+    import logging
+
     import trio
 
     from bootstrap.node import BootstrapConfig, run_bootstrap
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     from p2pnode.net.config import RelayLimitsConfig
 
     if http_port is not None and not 0 <= http_port <= 65535:

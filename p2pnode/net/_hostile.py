@@ -140,10 +140,11 @@ async def _try_insecure(target: str, kind: str) -> bool:
 async def attack(targets: list[str]) -> dict[str, Any]:
     host = new_host(key_pair=create_new_key_pair())
     report: dict[str, Any] = {"targets": {}}
+    # undecodable protobuf first, so every stream hits the decoder deterministically
     garbage = [
-        os.urandom(200),
-        encode_uvarint(50) + b"\xff" * 50,  # undecodable protobuf
+        encode_uvarint(50) + b"\xff" * 50,
         encode_uvarint(64 * 1024 * 1024) + os.urandom(100),  # oversize length prefix
+        os.urandom(200),
         b"\x00\x00\x00\x00\x01" + b"\xff" * 40,
     ]
     forged = _forged_rsa_message()

@@ -202,7 +202,9 @@ class Peer:
                 elif isinstance(msg, EndOfStream):
                     eos = msg
             await fs.send_end()
+            stream_bytes = fs.bytes_in
         return {
+            "bytes_in": stream_bytes,
             "bid_price": bid.price_per_1k,
             "chunks": got,
             "eos_tokens": eos.total_tokens if eos else None,
@@ -268,6 +270,8 @@ class Peer:
             return {"offers": sorted(set(self.offers)), "rfqs": sorted(self.rfqs)}
         if cmd == "trade":
             return await self.trade(req["peer"], req["model"], int(req.get("chunks", 8)))
+        if cmd == "connect_providers":
+            return {"connected": await net.connect_providers(req["model"])}
         if cmd == "find":
             return {"providers": await net.find_providers(req["model"])}
         if cmd == "connect":
