@@ -22,6 +22,8 @@ PING    3      heartbeat; empty; sent when the writer was idle for a while
   :class:`~p2pnode.net.errors.PeerTimeout` once ``idle_timeout`` seconds pass without
   *any* frame from the peer — so a SIGSTOPped peer is detected in ``idle_timeout``
   seconds (8 s by default) even while the application waits longer for real data.
+* Leaving the ``async with`` block by an exception sends an ERROR frame naming the
+  exception type, then resets the stream.
 * EOF or reset before an END frame raises :class:`~p2pnode.net.errors.StreamBroken`.
 
 Example::
@@ -34,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -152,6 +155,10 @@ class FramedStream:
             await self._nursery_cm.__aexit__(None, None, None)
         finally:
             if exc is not None and not self._closed:
+                # tell the peer why (an ERROR frame, never a clean END), then abort
+                if isinstance(exc, Exception):
+                    with trio.move_on_after(1), contextlib.suppress(NetError):
+                        await self.send_error(f"{type(exc).__name__}")
                 await self.reset()
             else:
                 await self._close_quietly()

@@ -30,7 +30,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import multiaddr
@@ -49,7 +49,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2pnode.net.config import NetConfig
 from p2pnode.net.discovery import Discovery
-from p2pnode.net.errors import DialFailed, NetError, PublishTooLarge
+from p2pnode.net.errors import DialFailed, PublishTooLarge
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.peercache import PeerCache
 from p2pnode.net.pubsub import (
@@ -230,10 +230,6 @@ class NodeNet:
             except Exception as e:
                 self.errors[f"handler:{protocol}:{type(e).__name__}"] += 1
                 logger.info("handler for %s from %s failed: %r", protocol, peer, e)
-                if not fs._closed:
-                    with trio.move_on_after(1):
-                        with suppress(NetError):
-                            await fs.send_error(f"{type(e).__name__}")
                 await fs.reset()
 
         self.host.set_stream_handler(TProtocol(protocol), raw_handler)
