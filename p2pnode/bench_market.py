@@ -66,8 +66,8 @@ async def _local_ttft(samples: int, max_tokens: int) -> list[float]:
 async def _market(
     market: LocalMarket, jobs: int, max_tokens: int, concurrency: int
 ) -> dict[str, Any]:
+    from market.sdk.connect import load_buyer, open_buyer_client
     from market.sdk.types import GenerationParams, HearthError
-    from p2pnode.node.setup import load_buyer, open_buyer_client
 
     awards: list[float] = []
     ttfts: list[float] = []

@@ -69,8 +69,8 @@ class Demo:
         m.wait_serving([m.start_node(n) for n in HOMEOWNERS])
 
     async def run_jobs(self) -> list[Any]:
+        from market.sdk.connect import load_buyer, open_buyer_client
         from market.sdk.types import GenerationParams
-        from p2pnode.node.setup import load_buyer, open_buyer_client
 
         m = self.m
         results = []

@@ -39,12 +39,14 @@ def _check_config(path: Path) -> None:
 def _load(kind: str, path: Path) -> Any:
     """Load node settings or the buyer setup, turning every known failure into a message."""
     _check_config(path)
-    from p2pnode.node import setup
-
     try:
         if kind == "node":
-            return setup.load_node_settings(path)
-        return setup.load_buyer(path)
+            from p2pnode.node.setup import load_node_settings
+
+            return load_node_settings(path)
+        from market.sdk.connect import load_buyer
+
+        return load_buyer(path)
     except Exception as exc:  # config, keystore, passphrase, deployment file, chain
         _fail(f"{type(exc).__name__}: {exc}")
 
@@ -171,8 +173,8 @@ def submit(
     """Buy one completion: stream the tokens here, then print the cost and the provider."""
     import trio
 
+    from market.sdk.connect import open_buyer_client
     from market.sdk.types import GenerationParams, HearthError
-    from p2pnode.node.setup import open_buyer_client
 
     setup = _load("buyer", config)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -293,7 +295,7 @@ def gateway(
     import trio
 
     from market.gateway import serve_gateway
-    from p2pnode.node.setup import open_buyer_client
+    from market.sdk.connect import open_buyer_client
 
     setup = _load("buyer", config)
 

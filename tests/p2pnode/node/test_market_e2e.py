@@ -16,9 +16,9 @@ import pytest
 import trio
 
 from market.protocol import cost_of
+from market.sdk.connect import load_buyer, open_buyer_client
 from market.sdk.types import GenerationParams
 from p2pnode.localnet import LocalMarket
-from p2pnode.node.setup import load_buyer, open_buyer_client
 
 HOMEOWNERS = ("alice", "bob", "carol")
 MODEL = "SmolLM2-135M-Instruct"

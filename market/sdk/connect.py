@@ -1,0 +1,144 @@
+"""From ``hearth.toml`` to a running buyer: identity, network, chain, resumed wallet.
+
+``hearth submit``, ``hearth gateway``, the demo and SDK users all start a buyer the
+same way::
+
+    async with open_buyer_client(load_buyer("hearth.toml")) as client:
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BuyerSetup",
+    "config_at",
+    "deployment_of",
+    "identity_of",
+    "load_buyer",
+    "net_config_of",
+    "open_buyer_client",
+]
+
+
+def config_at(path: str | Path) -> Any:
+    from market.config import load_config
+
+    return load_config(Path(path))
+
+
+def identity_of(cfg: Any, environ: Mapping[str, str] | None = None) -> Any:
+    from market.identity import load_identity
+    from market.identity.passphrase import resolve_passphrase
+
+    passphrase = resolve_passphrase(env_var=cfg.identity.passphrase_env, environ=environ)
+    return load_identity(Path(cfg.identity.keystore).expanduser(), passphrase)
+
+
+def net_config_of(cfg: Any) -> Any:
+    from p2pnode.net import NetConfig
+
+    data_dir = Path(cfg.node.data_dir).expanduser()
+    return NetConfig(
+        listen=tuple(cfg.network.listen),
+        announce=tuple(cfg.network.announce),
+        bootstrap=tuple(cfg.network.bootstrap),
+        peer_cache=data_dir / "peers.json",
+    )
+
+
+def deployment_of(cfg: Any) -> Any:
+    """The deployment file, after checking the chain is one other processes can reach."""
+    from market.chain.deployment import Deployment
+
+    if cfg.chain.rpc_url == "embedded":
+        raise ValueError(
+            'chain.rpc_url = "embedded" runs a chain inside one process; a node or buyer '
+            "needs a chain it can share: give an http(s) RPC URL (e.g. anvil's)"
+        )
+    return Deployment.load(Path(cfg.chain.deployment).expanduser())
+
+
+@dataclass
+class BuyerSetup:
+    """The buyer's identity and chain view, from its config."""
+
+    identity: Any
+    net: Any
+    rpc_url: str
+    deployment: Any
+    bid_window_ms: int
+    data_dir: Path
+
+    def chain_client(self) -> Any:
+        from market.chain.backends import connect
+        from market.chain.client import ChainClient
+
+        return ChainClient(connect(self.rpc_url), self.identity.eth_private_key)
+
+
+def load_buyer(path: str | Path, environ: Mapping[str, str] | None = None) -> BuyerSetup:
+    """The buyer side of the config file at ``path`` (passphrase from ``environ``)."""
+    cfg = config_at(path)
+    return BuyerSetup(
+        identity=identity_of(cfg, environ),
+        net=net_config_of(cfg),
+        rpc_url=cfg.chain.rpc_url,
+        deployment=deployment_of(cfg),
+        bid_window_ms=cfg.market.bid_window_ms,
+        data_dir=Path(cfg.node.data_dir).expanduser(),
+    )
+
+
+@asynccontextmanager
+async def open_buyer_client(setup: BuyerSetup, **config: Any) -> AsyncIterator[Any]:
+    """A running :class:`market.sdk.client.Client` for ``setup`` (its deposit read on chain)."""
+    import trio
+
+    from market.ledger import Ledger
+    from market.sdk.client import ClientConfig, open_client
+    from p2pnode.net import open_node_host
+
+    dep = setup.deployment
+    ident = setup.identity
+    setup.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(setup.data_dir / "buyer-ledger.sqlite")
+    client = await trio.to_thread.run_sync(setup.chain_client)
+    held = ledger.vouchers()
+    wallet = await trio.to_thread.run_sync(_wallet, client, dep, ident, held)
+    cc = ClientConfig(bid_window_ms=setup.bid_window_ms, **config)
+    async with (
+        open_node_host(ident.libp2p_keypair(), setup.net) as net,
+        open_client(net=net, key=ident.signing_key(), wallet=wallet, config=cc, ledger=ledger) as c,
+    ):
+        yield c
+
+
+def _wallet(client: Any, dep: Any, ident: Any, held: list[Any]) -> Any:
+    """The buyer's wallet, resumed: vouchers signed before count, and so do redemptions.
+
+    Vouchers are cumulative over a channel's life while the hub balance shrinks as
+    providers redeem, so the wallet's capacity is the balance plus what was redeemed.
+    """
+    from market.chain.voucher import draft_signer
+    from market.protocol.payments import BuyerWallet, ChannelTerms
+
+    hub = dep.hub(client)
+    token = bytes.fromhex(dep.token[2:])
+    redeemed = sum(hub.redeemed(sv.voucher.buyer, sv.voucher.provider, token)[0] for sv in held)
+    wallet = BuyerWallet(
+        buyer_address=ident.eth_address_bytes,
+        deposit=hub.balance_of(ident.eth_address, dep.token) + redeemed,
+        terms=ChannelTerms(
+            token=token, chain_id=dep.chain_id, contract=bytes.fromhex(dep.payment_hub[2:])
+        ),
+        signer=draft_signer(ident.eth_private_key),
+    )
+    for sv in held:
+        wallet.restore(sv.voucher.provider, sv.voucher.cumulative_amount)
+    return wallet
