@@ -321,6 +321,7 @@ async def main(args: argparse.Namespace) -> None:
         peer_cache=Path(args.peer_cache) if args.peer_cache else None,
         relay=args.relay,
         dht=args.dht,
+        target_peers=args.target_peers,
     )
     async with open_node_host(create_new_key_pair(seed), cfg) as net:
         peer = Peer(net, seed, args.model)
@@ -362,6 +363,7 @@ def cli() -> None:
     p.add_argument("--model", action="append", default=[])
     p.add_argument("--peer-cache", default=None)
     p.add_argument("--relay", default="client", choices=["off", "client", "reserve"])
+    p.add_argument("--target-peers", type=int, default=8)
     p.add_argument("--dht", default="server", choices=["off", "client", "server"])
     p.add_argument("--bench", action="store_true")
     args = p.parse_args()

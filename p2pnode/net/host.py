@@ -138,7 +138,17 @@ class NodeNet:
 
     # -- connections -------------------------------------------------------------------
     async def connect(self, addr: str, timeout: float | None = None) -> str:
-        """Dial ``addr`` (``…/p2p/<id>``) unless already connected; returns the peer id."""
+        """Dial ``addr`` (``…/p2p/<id>``) unless already connected; returns the peer id.
+
+        A relayed address (``<relay>/p2p-circuit/p2p/<id>``) is dialled through the relay.
+        """
+        if "/p2p-circuit" in addr:
+            target = addr.rsplit("/p2p/", 1)[1]
+            if self.host.get_network().connections.get(ID.from_base58(target)):
+                return target
+            with trio.fail_after(timeout or self.cfg.dial_timeout):
+                await self.relay.dial(addr)
+            return target
         try:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         except Exception as e:

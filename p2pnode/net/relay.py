@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pnode.net.config import NetConfig
+from p2pnode.net.errors import DialFailed
 
 if TYPE_CHECKING:
     from p2pnode.net.host import NodeNet
@@ -37,6 +38,8 @@ class RelaySetup:
         self.cfg = cfg
         self.protocol: Any = None
         self.transport: Any = None
+        self.discovery: Any = None
+        self._nursery: trio.Nursery | None = None
 
     def install(self) -> None:
         if self.cfg.relay == "off":
@@ -58,12 +61,59 @@ class RelaySetup:
     async def start(self, stack: AsyncExitStack, nursery: trio.Nursery) -> None:
         if self.protocol is None:
             return
+        from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+        from libp2p.relay.circuit_v2.discovery import RelayDiscovery
+        from libp2p.relay.circuit_v2.transport import CircuitV2Transport
         from libp2p.tools.anyio_service import background_trio_service
 
         await stack.enter_async_context(background_trio_service(self.protocol))
+        if self.cfg.relay == "hop":
+            return
+        config = RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT)
+        self.transport = CircuitV2Transport(self.net.host, self.protocol, config)
+        # discovery without its 300 s background rescans: we reserve explicitly
+        self.discovery = RelayDiscovery(self.net.host, auto_reserve=False)
+        self.transport.discovery = self.discovery
+        self._nursery = nursery
 
     async def after_join(self, bootstrap: tuple[str, ...]) -> None:
-        return None
+        """In ``reserve`` mode: reserve a slot on every reachable bootstrap relay."""
+        if self.cfg.relay != "reserve" or self.discovery is None:
+            return
+        import multiaddr
+        from libp2p.peer.peerinfo import info_from_p2p_addr
+
+        me = self.net.peer_id
+        for addr in bootstrap:
+            try:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            except Exception:
+                continue
+            if not self.net.host.get_network().connections.get(info.peer_id):
+                continue
+            ok = False
+            with trio.move_on_after(10):
+                try:
+                    await self.discovery._add_relay(info.peer_id)
+                    ok = await self.discovery.make_reservation(info.peer_id)
+                except Exception as e:
+                    logger.info("relay reservation at %s failed: %r", info.peer_id, e)
+            if ok:
+                base = addr.rsplit("/p2p/", 1)[0]
+                circuit = f"{base}/p2p/{info.peer_id.to_base58()}/p2p-circuit/p2p/{me}"
+                if circuit not in self.net.relay_addrs:
+                    self.net.relay_addrs.append(circuit)
+
+    async def dial(self, addr: str) -> None:
+        """Connect to a peer through a relay (``…/p2p-circuit/p2p/<id>``)."""
+        import multiaddr
+
+        if self.transport is None:
+            raise DialFailed("circuit relay is off on this node")
+        try:
+            await self.transport.dial(multiaddr.Multiaddr(addr))
+        except Exception as e:
+            raise DialFailed(f"relayed dial {addr} failed: {e!r}") from e
 
     def stats(self) -> dict[str, int]:
         """Reservations held and circuits relayed (hop side), for /metrics."""
