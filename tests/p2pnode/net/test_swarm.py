@@ -30,7 +30,10 @@ def test_peers_discover_each_other(swarm: Swarm) -> None:
         60,
     )
     assert found_a == ids_a
-    found_b = set(swarm.buyers[1].call("find", model=MODEL_B)["providers"])
+    found_b = wait_until(
+        lambda: (f := set(swarm.buyers[1].call("find", model=MODEL_B)["providers"])) >= ids_b and f,
+        60,
+    )
     assert found_b == ids_b
 
 
