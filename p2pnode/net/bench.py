@@ -71,6 +71,7 @@ def run_bench(*, procs: int, rate: float, seconds: float, size: int) -> dict[str
             lat.extend(r["latencies"])
         expected = count * (procs - 1)
         rss = [p.call("rss")["rss_mb"] for p in peers]
+        peers[1].call("connect", addr=peers[0].addr)
         trade = peers[1].call(
             "trade", peer=peers[0].peer_id, model=_MODEL, chunks=2000, timeout=120
         )
