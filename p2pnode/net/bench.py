@@ -62,14 +62,23 @@ def run_bench(*, procs: int, rate: float, seconds: float, size: int) -> dict[str
         for p, n in zip(peers, per_peer, strict=True):
             if n:
                 p._next(seconds * 3 + 30)
-        time.sleep(2.0)
-        lat: list[float] = []
-        received = 0
-        for p in peers:
-            r = p.call("bench_results")
-            received += r["received"]
-            lat.extend(r["latencies"])
         expected = count * (procs - 1)
+        # wait for stragglers: until all arrived, or nothing new for 5 s (max 60 s)
+        received, last, quiet_since = 0, -1, time.perf_counter()
+        stop_at = time.perf_counter() + 60
+        while time.perf_counter() < stop_at:
+            received = sum(p.call("bench_results")["received"] for p in peers)
+            if received >= expected:
+                break
+            if received != last:
+                last, quiet_since = received, time.perf_counter()
+            elif time.perf_counter() - quiet_since > 5:
+                break
+            time.sleep(0.5)
+        lat: list[float] = []
+        for p in peers:
+            lat.extend(p.call("bench_results")["latencies"])
+        dropped = sum(p.call("stats")["pubsub"]["dropped_full"] for p in peers)
         rss = [p.call("rss")["rss_mb"] for p in peers]
         peers[1].call("connect", addr=peers[0].addr)
         trade = peers[1].call(
@@ -81,6 +90,7 @@ def run_bench(*, procs: int, rate: float, seconds: float, size: int) -> dict[str
             "rate_msg_s": rate,
             "payload_bytes": size,
             "delivery_ratio": received / expected if expected else 1.0,
+            "dropped_counted": dropped,
             "latency_ms": {
                 "p50": 1000 * _pct(lat, 0.50),
                 "p95": 1000 * _pct(lat, 0.95),
