@@ -188,6 +188,10 @@ class Client:
         self.reputation = Reputation()
         self._nursery = nursery
         self._jobs: dict[bytes, trio.MemorySendChannel[Event]] = {}
+        # Providers streaming one of our jobs right now. A channel's vouchers are
+        # cumulative, so they must reach a provider in order: one job per provider at
+        # a time (two streams could reorder them and look like a voucher going back).
+        self._busy: dict[str, bytes] = {}
         self._guard = ReplayGuard()
         self._offers_seen = trio.Event()
 
@@ -313,7 +317,8 @@ class Client:
         else:
             raise RemoteProtocolError(f"unexpected {type(message).__name__} on {BID_PROTOCOL}")
         route = self._jobs.get(message.job_id)
-        if route is not None:
+        busy_with = self._busy.get(fs.peer_id)
+        if route is not None and (busy_with is None or busy_with == message.job_id):
             route.send_nowait(event)
 
     async def _watch_offers(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
@@ -416,6 +421,8 @@ class _JobRun:
         peer = award.to
         net = self.client.net
         try:
+            if self.client._busy.setdefault(peer, self.job.job_id) != self.job.job_id:
+                raise NetError(f"{peer} is already streaming another of our jobs")
             async with net.open_stream(peer, JOB_PROTOCOL, timeout=5) as fs:
                 net.protect(peer)
                 self.streams[peer] = fs
@@ -432,6 +439,8 @@ class _JobRun:
             self.client.reputation.note_failure(peer, str(exc))
         finally:
             self.streams.pop(peer, None)
+            if self.client._busy.get(peer) == self.job.job_id:
+                del self.client._busy[peer]
             net.unprotect(peer)
         if self.outcome is None:
             self.events_in.send_nowait(PeerDisconnected(peer=peer))
