@@ -174,7 +174,7 @@ async def run_node(
             ledger=ledger,
             status=status,
             config=s.provider,
-            refresh_deposit=deposits.refresh,
+            refresh_deposit=deposits.ensure,
         )
         node.service = service
         # One tiny generation first, so the first buyer does not pay for the warm-up.
