@@ -106,6 +106,12 @@ class PeerProcess:
                 result: dict[str, Any] = json.loads(line)
                 return result
 
+    def send_raw(self, req: dict[str, Any]) -> None:
+        """Send one command without waiting (read the reply later with ``_next``)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+
     def call_raw(self, cmd: str, timeout: float = 30.0, **kwargs: Any) -> dict[str, Any]:
         """Send one command and return its reply as is (``ok`` may be False)."""
         assert self.proc.stdin is not None
