@@ -7,7 +7,7 @@ NPM_STAMP := contracts/node_modules/.hearth-installed
 
 .PHONY: demo test lint typecheck imports pytest setup clean contracts
 
-demo: $(STAMP)
+demo: $(STAMP) $(NPM_STAMP)
 	$(BIN)/hearth demo
 
 test: $(STAMP) $(NPM_STAMP) lint typecheck imports contracts pytest
