@@ -85,11 +85,12 @@ class BuyerSetup:
 def load_buyer(path: str | Path, environ: Mapping[str, str] | None = None) -> BuyerSetup:
     """The buyer side of the config file at ``path`` (passphrase from ``environ``)."""
     cfg = config_at(path)
+    deployment = deployment_of(cfg)  # cheap checks first: no passphrase asked for nothing
     return BuyerSetup(
         identity=identity_of(cfg, environ),
         net=net_config_of(cfg),
         rpc_url=cfg.chain.rpc_url,
-        deployment=deployment_of(cfg),
+        deployment=deployment,
         bid_window_ms=cfg.market.bid_window_ms,
         data_dir=Path(cfg.node.data_dir).expanduser(),
     )

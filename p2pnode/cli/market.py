@@ -62,11 +62,11 @@ def node(
     """
     if ctx.invoked_subcommand is not None:
         return
+    settings = _load("node", config)
     import trio
 
     from p2pnode.node.runtime import run_node
 
-    settings = _load("node", config)
     typer.echo(f"node {settings.identity.peer_id} starting (data in {settings.data_dir})", err=True)
     trio.run(run_node, settings)
 
@@ -146,13 +146,21 @@ def node_redeem(config: ConfigOpt = Path("hearth.toml")) -> None:
     typer.echo(json.dumps({"redeemed": done, "confirmed": len(ledger.redemptions("confirmed"))}))
 
 
-def _amount(text: str, decimals: int) -> int:
+def _decimal(text: str) -> Decimal:
+    """A positive amount as typed by a person (checked before anything is loaded)."""
     try:
         value = Decimal(text)
     except InvalidOperation:
         _fail(f"not an amount: {text!r} (write e.g. 12.5)")
-    if value <= 0 or value != value.quantize(Decimal(1).scaleb(-decimals)):
-        _fail(f"amount must be positive with at most {decimals} decimals, got {text}")
+    if not value.is_finite() or value <= 0:
+        _fail(f"amount must be a positive number, got {text}")
+    return value
+
+
+def _amount(value: Decimal, decimals: int) -> int:
+    """``value`` in token base units; refuses more decimals than the token has."""
+    if value != value.quantize(Decimal(1).scaleb(-decimals)):
+        _fail(f"amount has more than the token's {decimals} decimals: {value}")
     return int(value.scaleb(decimals))
 
 
@@ -215,9 +223,10 @@ def deposit(
     ] = False,
 ) -> None:
     """Deposit payment tokens into the PaymentHub (approves the hub first)."""
+    typed = _decimal(amount)
     setup = _load("buyer", config)
     dep = setup.deployment
-    value = _amount(amount, dep.token_decimals)
+    value = _amount(typed, dep.token_decimals)
     try:
         client = setup.chain_client()
         token = dep.erc20(client)
@@ -241,9 +250,10 @@ def withdraw(
     config: ConfigOpt = Path("hearth.toml"),
 ) -> None:
     """Give withdrawal notice (providers may still redeem until it ends)."""
+    typed = _decimal(amount)
     setup = _load("buyer", config)
     dep = setup.deployment
-    value = _amount(amount, dep.token_decimals)
+    value = _amount(typed, dep.token_decimals)
     try:
         client = setup.chain_client()
         dep.hub(client).request_withdrawal(dep.token, value)

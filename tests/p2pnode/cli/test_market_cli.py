@@ -1,0 +1,75 @@
+"""Bad input to the market commands: a clear message, exit 2, nothing changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from p2pnode.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("node", "--config", "missing.toml"),
+        ("node", "status", "--config", "missing.toml"),
+        ("node", "redeem", "--config", "missing.toml"),
+        ("submit", "hello", "--config", "missing.toml"),
+        ("balance", "--config", "missing.toml"),
+        ("gateway", "--config", "missing.toml"),
+    ],
+)
+def test_missing_config_is_named(args: tuple[str, ...], tmp_path: Path) -> None:
+    code, out = run(*args[:-1], str(tmp_path / args[-1]))
+    assert code == 2
+    assert "no config file" in out and "hearth config example" in out
+
+
+def test_invalid_config_names_key_value_and_expectation(tmp_path: Path) -> None:
+    cfg = tmp_path / "hearth.toml"
+    cfg.write_text('[market]\nmargin = -1\n[chain]\nrpc_uri = "x"\n')
+    code, out = run("balance", "--config", str(cfg))
+    assert code == 2
+    assert "market.margin" in out and "-1" in out
+    assert "rpc_uri" in out and "rpc_url" in out  # did-you-mean
+
+
+def test_embedded_chain_is_refused_for_a_shared_market(tmp_path: Path) -> None:
+    cfg = tmp_path / "hearth.toml"
+    cfg.write_text('[chain]\nrpc_url = "embedded"\n[identity]\nkeystore = "/nonexistent"\n')
+    code, out = run("submit", "hi", "--config", str(cfg))
+    assert code == 2 and "embedded" in out and "RPC URL" in out
+
+
+@pytest.mark.parametrize("amount", ["abc", "-3", "0", "nan", "inf"])
+def test_bad_amounts_are_refused_before_anything_loads(amount: str, tmp_path: Path) -> None:
+    for command in ("deposit", "withdraw"):
+        code, out = run(command, amount, "--config", str(tmp_path / "missing.toml"))
+        assert code == 2
+        assert "amount" in out
+        assert "no config file" not in out  # refused before the config was even read
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("submit", "hi", "--max-tokens", "0"),
+        ("submit", "hi", "--temperature", "-1"),
+        ("gateway", "--port", "70000"),
+        ("bench", "market", "--nodes", "0"),
+        ("demo", "--max-tokens", "1"),
+    ],
+)
+def test_out_of_range_flags_are_refused(args: tuple[str, ...]) -> None:
+    code, out = run(*args)
+    assert code == 2
+    assert "Invalid value" in out or "not in the range" in out
