@@ -76,6 +76,7 @@ from market.protocol.payments import BuyerWallet
 from market.protocol.signing import SigningKey
 from market.sdk.catalog import Catalog
 from market.sdk.reputation import Reputation
+from market.sdk.stake import StakeCheck
 from market.sdk.types import (
     Chunk,
     GenerationParams,
@@ -178,9 +179,13 @@ class Client:
         config: ClientConfig,
         nursery: trio.Nursery,
         ledger: Ledger | None = None,
+        stake_check: StakeCheck | None = None,
     ) -> None:
         self.net = net
         self.ledger = ledger
+        self.stake_check = stake_check
+        self._ledger_limiter = trio.CapacityLimiter(1)  # one thread at a time per connection
+        self.unstaked_bids = 0
         self.key = key
         self.wallet = wallet
         self.config = config
@@ -309,6 +314,11 @@ class Client:
     async def _on_bid_stream(self, fs: FramedStream) -> None:
         message = await receive_message(fs, self._guard, timeout=5)
         if isinstance(message, Bid):
+            if self.stake_check is not None and not await self.stake_check(
+                fs.peer_id, message.provider_address
+            ):
+                self.unstaked_bids += 1  # Sybil resistance: no stake, no award
+                return
             event: Event = BidReceived(
                 sender=fs.peer_id, bid=message, region=self.catalog.region_of(fs.peer_id)
             )
@@ -407,7 +417,9 @@ class _JobRun:
         ledger = self.client.ledger
         if ledger is not None and isinstance(action.message, Voucher):
             # Written before it leaves: a restarted buyer resumes its channels from here.
-            await trio.to_thread.run_sync(record, ledger, action.message)
+            await trio.to_thread.run_sync(
+                record, ledger, action.message, limiter=self.client._ledger_limiter
+            )
         fs = self.streams.get(action.to)
         if fs is None:
             return  # the session is already gone; its PeerDisconnected is on the way
@@ -494,6 +506,7 @@ async def open_client(
     wallet: BuyerWallet,
     config: ClientConfig | None = None,
     ledger: Ledger | None = None,
+    stake_check: StakeCheck | None = None,
 ) -> AsyncIterator[Client]:
     """Run a buyer client on a started network host (see :mod:`market.sdk.connect`)."""
     async with trio.open_nursery() as nursery:
@@ -504,6 +517,7 @@ async def open_client(
             config=config or ClientConfig(),
             nursery=nursery,
             ledger=ledger,
+            stake_check=stake_check,
         )
         net.set_handler(BID_PROTOCOL, client._on_bid_stream)
         offers = await net.subscribe(offers_topic(), check=_offer_check)

@@ -130,6 +130,7 @@ class ProviderService:
         self.ledger = ledger
         self._status = status
         self._refresh_deposit = refresh_deposit
+        self._ledger_limiter = trio.CapacityLimiter(1)
         self.config = config or ProviderConfig()
         self.stats = ProviderStats()
         self.active_jobs = 0
@@ -154,6 +155,16 @@ class ProviderService:
             max_queue=base.max_queue,
             tokens_per_s=base.tokens_per_s,
         )
+
+    async def in_ledger(self, write: Callable[[Ledger], object]) -> None:
+        """Run ``write(ledger)`` in a worker thread, one at a time (one SQLite connection).
+
+        The node gives this service its own connection, so a slow redemption on the
+        redeemer's connection never holds up a job's voucher write.
+        """
+        if self.ledger is not None:
+            ledger = self.ledger
+            await trio.to_thread.run_sync(write, ledger, limiter=self._ledger_limiter)
 
     @property
     def busy(self) -> bool:
@@ -309,12 +320,12 @@ class _JobSession:
                     self.generation.cancel()
             elif isinstance(action, ClaimSlot):
                 svc.active_jobs += 1
-                if svc.ledger is not None and self.job.rfq is not None:
-                    svc.ledger.record_job(
-                        action.job_id,
-                        role="provider",
-                        counterparty=self.job.rfq.buyer,
-                        model_id=self.job.rfq.model_id,
+                rfq = self.job.rfq
+                if rfq is not None:
+                    await svc.in_ledger(
+                        lambda ledger, job_id=action.job_id, rfq=rfq: ledger.record_job(
+                            job_id, role="provider", counterparty=rfq.buyer, model_id=rfq.model_id
+                        )
                     )
             elif isinstance(action, ReleaseSlot):
                 svc.active_jobs -= 1
@@ -326,21 +337,19 @@ class _JobSession:
                 assert isinstance(action.outcome, ProviderOutcome)
                 self.outcome = action.outcome
                 svc._record(action.outcome, svc.model_id)
-                if svc.ledger is not None:
-                    status = "done" if action.outcome.completed else action.outcome.reason
-                    with suppress(Exception):
-                        svc.ledger.finish_job(
-                            action.outcome.job_id,
-                            tokens=action.outcome.tokens_sent,
-                            amount=action.outcome.paid,
-                            status=status,
-                        )
+                o = action.outcome
+                await svc.in_ledger(
+                    lambda ledger, o=o: ledger.finish_job(
+                        o.job_id,
+                        tokens=o.tokens_sent,
+                        amount=o.paid,
+                        status="done" if o.completed else o.reason,
+                    )
+                )
 
     async def _store(self, voucher: Voucher) -> None:
         """Persist the voucher before anything else happens: it is the node's pay."""
-        ledger = self.svc.ledger
-        if ledger is not None:
-            await trio.to_thread.run_sync(record, ledger, voucher)
+        await self.svc.in_ledger(lambda ledger: record(ledger, voucher))
 
     async def _generate(self, start: StartGeneration) -> None:
         p = start.prompt

@@ -171,7 +171,7 @@ async def run_node(
             model_id=model_hex,
             policy=s.policy,
             book=book,
-            ledger=ledger,
+            ledger=Ledger(s.data_dir / "ledger.sqlite"),  # its own connection (see in_ledger)
             status=status,
             config=s.provider,
             refresh_deposit=deposits.ensure,
