@@ -9,6 +9,7 @@ the same app).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 from collections.abc import Callable
@@ -96,4 +97,5 @@ async def serve_override_http(
     try:
         await serve(app, config, mode="asgi")  # type: ignore[arg-type]
     finally:
-        sock.close()
+        with contextlib.suppress(OSError):  # hypercorn may have closed the fd already
+            sock.close()

@@ -15,6 +15,7 @@ nursery and put readings on the service's channel; each reading is applied at on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class PowerService:
         self._send, self._recv = trio.open_memory_channel[Reading](256)
         self.policy: PowerPolicy = governor.step(governor.start)
         self._changed = trio.Event()
+        self.http_port: int | None = None  # the override endpoint's port, once served
 
     def readings(self) -> trio.MemorySendChannel[Reading]:
         """A send channel (a clone) for one source; close it when the source ends."""
@@ -124,5 +126,6 @@ async def run_power(
             from p2pnode.power.override_http import override_app, serve_override_http
 
             app = override_app(service.readings(), str(ov["token"]), lambda: service.policy)
-            await nursery.start(serve_override_http, app, port=int(ov.get("http_port", 0)))
+            serve = functools.partial(serve_override_http, app, port=int(ov.get("http_port", 0)))
+            service.http_port = await nursery.start(serve)
         task_status.started(service)
