@@ -1,0 +1,1 @@
+"""Static files of the homeowner dashboard (a package so that setuptools ships them)."""
