@@ -19,17 +19,17 @@ function el(tag, attrs, text) {
   if (text !== undefined) e.textContent = text;
   return e;
 }
-function badge(id, prefix, value) {
+function badge(id, cls, text) {
   const b = $(id);
-  b.textContent = value;
-  b.className = "badge " + prefix + "-" + value;
+  b.textContent = text;
+  b.className = "badge " + cls;
 }
 
-function drawChart(series) {
+function drawChart(series, now) {
   const box = $("chart");
   if (!series.length) { box.replaceChildren(el("p", { class: "muted" }, "No jobs yet.")); return; }
-  const W = 800, H = 220, L = 70, R = 10, T = 10, B = 26;
-  const t0 = series[0][0], t1 = Math.max(series[series.length - 1][0], t0 + 1);
+  const W = Math.max(box.clientWidth, 300), H = 220, L = 90, R = 10, T = 10, B = 26;
+  const t0 = series[0][0], t1 = Math.max(now, series[series.length - 1][0], t0 + 1);
   const vmax = Math.max(series[series.length - 1][1], 1);
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => H - B - (v / vmax) * (H - T - B);
@@ -38,7 +38,8 @@ function drawChart(series) {
   svg.append(el("svg:line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#999" }));
   let d = `M ${x(t0)} ${y(0)}`;
   for (const [t, v] of series) d += ` L ${x(t).toFixed(1)} ${y(v).toFixed(1)}`;
-  const area = d + ` L ${x(series[series.length - 1][0]).toFixed(1)} ${y(0)} Z`;
+  d += ` L ${x(t1).toFixed(1)} ${y(series[series.length - 1][1]).toFixed(1)}`;  // flat until now
+  const area = d + ` L ${x(t1).toFixed(1)} ${y(0)} Z`;
   svg.append(el("svg:path", { d: area, fill: "#c2571a22", stroke: "none" }));
   svg.append(el("svg:path", { d, fill: "none", stroke: "#c2571a", "stroke-width": 2, class: "earnings-line" }));
   for (const [t, v] of series.slice(-50)) svg.append(el("svg:circle", { cx: x(t), cy: y(v), r: 2.5, fill: "#c2571a" }));
@@ -67,8 +68,9 @@ function drawPower(power, now) {
 
 function render(s) {
   currency = s.currency || currency;
-  badge("node-state", "state", s.state + (s.accepting ? "" : " · not bidding"));
-  badge("power-state", "power", s.power.state);
+  badge("node-state", s.accepting ? "state-" + s.state : "state-draining",
+    s.state + (s.accepting ? "" : " · not bidding"));
+  badge("power-state", "power-" + s.power.state, s.power.state);
   $("updated").textContent = "updated " + time(s.updated_at);
   $("earned").textContent = money(s.earnings.credited);
   $("earned-detail").textContent = "redeemed on chain (net): " + money(s.earnings.on_chain_net);
@@ -84,7 +86,7 @@ function render(s) {
   const dec = Object.values(s.bids.declined).reduce((a, b) => a + b, 0);
   $("bids").textContent = `bids won ${s.bids.won}, lost ${s.bids.lost}, declined ${dec}` +
     (s.price_floor_per_1k != null ? ` · floor ${money(s.price_floor_per_1k)}/1k` : "");
-  drawChart(s.earnings.series);
+  drawChart(s.earnings.series, s.updated_at);
   drawPower(s.power, s.updated_at);
   $("jobs-table").replaceChildren(...s.jobs.recent.map((j) => {
     const tr = el("tr");
