@@ -62,7 +62,7 @@ def measure_live_latency(rounds: int = 5) -> list[float]:
                         LIMIT_W - cfg.drain_enter_w + node_w + 500.0
                     )  # house headroom 1.5 kW
                     t0 = time.perf_counter()
-                    await trio.to_thread.run_sync(lambda m=shed_main: sim.set_power(main_w=m))  # type: ignore[misc]
+                    await trio.to_thread.run_sync(lambda m=shed_main: sim.set_power(main_w=m))
                     while service.policy.may_bid:
                         await service.wait_change(service.policy)
                     results.append(time.perf_counter() - t0)

@@ -147,7 +147,7 @@ def simulate_day(
     rng = random.Random(seed + 1)
     gov = Governor(config, start=0.0)
     res = DayResult(governed=governed, state_seconds={s.wire: 0 for s in PowerState})
-    running: dict[int, list[float]] = {}  # job id → [remaining s, total s, price multiplier]
+    running: dict[str, list[float]] = {}  # job id → [remaining s, total s, price multiplier]
     next_job, minute_energy, house_minute = 0, 0.0, 0.0
     shed_at: float | None = None
     stop_lat: list[float] = []
@@ -188,7 +188,7 @@ def simulate_day(
             free = (not governed or policy.may_bid) and len(running) < cap
             if free and rng.random() < node.base_win_prob / mult:
                 dur = max(5.0, node.job_median_s * math.exp(rng.gauss(0, node.job_sigma)))
-                running[next_job] = [dur, dur, mult]
+                running[f"job{next_job}"] = [dur, dur, mult]
                 next_job += 1
                 res.jobs_accepted += 1
         for job in list(running):

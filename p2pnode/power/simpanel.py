@@ -129,9 +129,10 @@ class SimulatedSpanPanel:
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _SchemaHandler)
         self.http_port = int(self._http.server_address[1])
         self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-        import paho.mqtt.client as mqtt
+        from paho.mqtt.client import Client
+        from paho.mqtt.enums import CallbackAPIVersion
 
-        self._mqtt = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-{serial}")
+        self._mqtt = Client(CallbackAPIVersion.VERSION2, client_id=f"sim-{serial}")
 
     def _pub(self, suffix: str, payload: str) -> None:
         info = self._mqtt.publish(f"{PREFIX}/{self.serial}/{suffix}", payload, qos=1, retain=True)

@@ -52,3 +52,21 @@ def test_bench_cli_rejects_bad_input() -> None:
     result = CliRunner().invoke(app, ["bench", "power", "--hours", "30"])
     assert result.exit_code == 2
     assert "--hours" in result.output
+
+
+def test_power_status_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    override = tmp_path / "override"
+    override.write_text("draining")
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[power.tariff]\ndefault = 0.1\n[power.override]\nfile = "{override}"\n')
+    result = CliRunner().invoke(app, ["power", "status", "--config", str(cfg), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (
+        out["state"] == "draining"
+        and out["may_bid"] is False
+        and "override=draining" in out["reasons"]
+    )
+    cfg.write_text("[power.governor]\nmax_concurrency = 0\n")
+    bad = CliRunner().invoke(app, ["power", "status", "--config", str(cfg)])
+    assert bad.exit_code == 2 and "concurrency" in bad.output
