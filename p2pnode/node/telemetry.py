@@ -190,6 +190,13 @@ class Telemetry:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
+    def close(self) -> None:
+        """Close the ledger connection (the node calls this on the way out)."""
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
     # ------------------------------------------------------------------ power
     def note_power(self, state: str, reason: str = "", at: float | None = None) -> None:
         """Record a power-state change (ignored if it is the state already recorded)."""

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from p2pnode.node.dashboard import serve_dashboard
 from p2pnode.node.metrics import NodeCollector
-from p2pnode.node.telemetry import GpuSampler, RateMeter
+from p2pnode.node.telemetry import GpuSampler, RateMeter, Telemetry
 from tests.p2pnode.node.fake_control import (
     CONFIRMED,
     JOB_AMOUNTS,
@@ -129,3 +129,16 @@ def test_rate_meter_uses_a_sliding_window() -> None:
     assert meter.rate(700) == 200 / 100  # from the sample at t=110, the oldest one kept
     now[0] = 300.0
     assert meter.rate(700) == 0.0
+
+
+def test_a_node_still_starting_exports_zeros_not_errors(tmp_path: Path) -> None:
+    """Before the ledger file exists and before the network is up, scrapes still work."""
+    tele = Telemetry(ledger_path=tmp_path / "not-yet.sqlite")
+    snap = tele.snapshot(state="starting", service=None, net=None, power_state="normal")
+    assert snap["earnings"]["series"] == [] and snap["vouchers"]["pending_amount"] == 0
+    fams = {f.name: f for f in NodeCollector(lambda: snap).collect()}
+    assert fams["hearth_node_accepting"].samples[0].value == 0
+    assert fams["hearth_peers"].samples[0].value == 0
+    assert fams["hearth_jobs"].samples == []
+    assert "hearth_uptime_seconds" not in fams  # unknown, so not exported
+    tele.close()
