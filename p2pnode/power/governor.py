@@ -49,6 +49,7 @@ __all__ = [
     "PanelReading",
     "PowerPolicy",
     "PowerState",
+    "Reading",
     "TariffReading",
     "select_handoffs",
 ]
