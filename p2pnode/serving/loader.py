@@ -18,6 +18,7 @@ tokenizer compute the same address whatever file format they loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -56,6 +57,7 @@ class LoadedModel:
     tokenizer: Tokenizer
     state_dict: dict[str, torch.Tensor]
     source: Path
+    hf_dir: Path
     load_seconds: float
 
     def build(self, device: torch.device, dtype: torch.dtype) -> LlamaModel:
@@ -126,6 +128,7 @@ def load_model(path_or_name: str | os.PathLike[str] | None = None) -> LoadedMode
         tokenizer=tokenizer,
         state_dict=state,
         source=path,
+        hf_dir=hf_dir,
         load_seconds=time.perf_counter() - t0,
     )
 
@@ -169,10 +172,8 @@ def _content_address(directory: Path, state: dict[str, torch.Tensor]) -> str:
     tok_digest = hashlib.sha256(json.dumps(tok, sort_keys=True).encode()).hexdigest()
     manifest = {"tensors": tensors, "tokenizer_sha256": tok_digest}
     model_id = "sha256:" + hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    try:
+    with contextlib.suppress(OSError):  # read-only model directory: recompute next time
         cached.write_text(json.dumps({"model_id": model_id, "stamp": stamp, "manifest": manifest}))
-    except OSError:
-        pass  # read-only model directory: recompute next time
     return model_id
 
 

@@ -60,6 +60,11 @@ class ModelRunner:
         self.model: LlamaModel = loaded.build(plan.device, plan.dtype)
         self.cache = KVCache.allocate(self.cfg, plan.slots, plan.max_len, plan.dtype, plan.device)
         self.group = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
+        # Cache memory is allocated uninitialised (and, on the CPU, backed lazily).
+        # A batched decode reads every slot up to the longest sequence, masked; masked
+        # garbage must still be finite (NaN * 0 = NaN), so each slot is zeroed ahead of
+        # use, in strides, up to its high-water mark.
+        self._zeroed = [0] * plan.slots
         self._forward = self.model.forward
         if compile:
             # Compile the hot step only; shapes vary with the batch, hence dynamic.
@@ -87,6 +92,7 @@ class ModelRunner:
         last_rows: list[int] = []
         for c in chunks:
             row0, t = len(ids), len(c.token_ids)
+            self._zero_ahead(c.slot, c.start + t)  # before the forward writes there
             ids.extend(c.token_ids)
             slots.extend([c.slot] * t)
             pos.extend(range(c.start, c.start + t))
@@ -113,6 +119,8 @@ class ModelRunner:
         if d_rows:
             span = max(d_slots) + 1
             length = max(d_pos) + 1
+            for s in range(span):
+                self._zero_ahead(s, length)
             per_slot = torch.zeros(span, dtype=torch.long)
             per_slot[torch.tensor(d_slots)] = torch.tensor(d_pos)
             mask = torch.zeros(span, 1, 1, length, dtype=self.plan.dtype)
@@ -126,6 +134,14 @@ class ModelRunner:
             plan.decode_mask = mask.to(dev)
             plan.decode_dense = d_slots == list(range(span))
         return torch.tensor(ids, dtype=torch.long, device=dev), plan, last_rows
+
+    def _zero_ahead(self, slot: int, length: int) -> None:
+        if self._zeroed[slot] >= length:
+            return
+        lo, hi = self._zeroed[slot], min(self.plan.max_len, length + 128)
+        for t in (*self.cache.k, *self.cache.v):
+            t[slot, :, lo:hi].zero_()
+        self._zeroed[slot] = hi
 
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()

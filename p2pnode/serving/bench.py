@@ -1,0 +1,240 @@
+"""``hearth bench serving``: the "mixed32" workload on the engine and its baselines.
+
+Workload: ``n`` requests (default 32) from a fixed seed, prompt lengths 16–256 random
+token ids, output lengths 16–128, all submitted at once, greedy with ``ignore_eos`` so
+every run produces exactly the same number of tokens. Figures:
+
+* engine: output tokens/s, time to first token (submit → first token) p50/p95,
+  inter-token latency p50/p95, peak RSS of the process;
+* baselines in the same run, on the same weights: Hugging Face ``transformers``
+  ``generate`` one request at a time, and in left-padded static batches of 8;
+* optionally vLLM's CPU engine (``--vs-vllm PYTHON``) in a subprocess.
+
+Tokens/s counts requested output tokens only (padding and over-generation in the
+static batches are not counted).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Workload", "make_workload", "run_benchmark"]
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    prompts: list[list[int]]
+    outputs: list[int]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.outputs)
+
+
+def make_workload(n: int = 32, seed: int = 1234, vocab: int = 49152) -> Workload:
+    """The mixed workload: prompt 16–256 random ids (no specials), output 16–128."""
+    rng = random.Random(seed)
+    prompts, outputs = [], []
+    for _ in range(n):
+        p = rng.randint(16, 256)
+        prompts.append([rng.randrange(100, vocab) for _ in range(p)])
+        outputs.append(rng.randint(16, 128))
+    return Workload(prompts, outputs)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_engine(
+    model: Any, wl: Workload, *, max_batch: int = 32, **engine_kw: Any
+) -> dict[str, Any]:
+    """Run the workload through :class:`Engine`; return throughput and latency figures."""
+    import trio
+
+    from p2pnode.serving.api import GenerationRequest
+    from p2pnode.serving.engine import Engine
+
+    ttft: list[float] = []
+    itl: list[float] = []
+    produced = [0] * len(wl.prompts)
+    out: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with Engine(model, max_batch=max_batch, **engine_kw) as engine:
+            # warm-up: one short request (allocator, kernels)
+            await engine.complete(
+                GenerationRequest(prompt_token_ids=[100] * 8, max_tokens=2, temperature=0)
+            )
+            t0 = time.perf_counter()
+
+            async def one(i: int) -> None:
+                req = GenerationRequest(
+                    prompt_token_ids=wl.prompts[i],
+                    max_tokens=wl.outputs[i],
+                    temperature=0.0,
+                    ignore_eos=True,
+                )
+                last = t0
+                async for chunk in engine.generate(req):
+                    now = time.perf_counter()
+                    for _ in chunk.token_ids:
+                        (ttft if produced[i] == 0 else itl).append((now - last) * 1e3)
+                        produced[i] += 1
+                        last = now
+
+            async with trio.open_nursery() as nursery:
+                for i in range(len(wl.prompts)):
+                    nursery.start_soon(one, i)
+            out["wall_s"] = time.perf_counter() - t0
+            out["steps"] = engine.stats.steps
+            out["preemptions"] = engine.stats.preemptions
+
+    trio.run(main)
+    assert produced == wl.outputs, "engine produced a different number of tokens"
+    out["tokens_per_s"] = wl.output_tokens / out["wall_s"]
+    out["ttft_ms"] = {"p50": _pct(ttft, 0.5), "p95": _pct(ttft, 0.95)}
+    out["itl_ms"] = {"p50": _pct(itl, 0.5), "p95": _pct(itl, 0.95)}
+    return out
+
+
+def run_transformers(hf_dir: Path, wl: Workload, batch: int) -> float:
+    """tokens/s of ``transformers`` ``generate`` in static batches of ``batch`` (1 = sequential)."""
+    import torch
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    pad = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(wl.prompts), batch):
+            prompts = wl.prompts[b : b + batch]
+            new = max(wl.outputs[b : b + batch])
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+    return wl.output_tokens / (time.perf_counter() - t0)
+
+
+_VLLM_SCRIPT = r"""
+import json, sys, time
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+spec = json.load(open(sys.argv[1]))
+llm = LLM(model=spec["model"], dtype="float32", max_model_len=1024, enforce_eager=True)
+params = [SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0) for n in spec["outputs"]]
+prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
+llm.generate(prompts[:1], params[:1])
+t0 = time.perf_counter()
+outs = llm.generate(prompts, params)
+wall = time.perf_counter() - t0
+n = sum(len(o.outputs[0].token_ids) for o in outs)
+print("HEARTH_VLLM " + json.dumps({"tokens_per_s": n / wall, "tokens": n}))
+"""
+
+
+def run_vllm(python: str, hf_dir: Path, wl: Workload) -> float:
+    """tokens/s of vLLM (its own venv, given by its interpreter) on the same workload."""
+    with tempfile.TemporaryDirectory() as d:
+        spec = Path(d) / "spec.json"
+        spec.write_text(
+            json.dumps({"model": str(hf_dir), "prompts": wl.prompts, "outputs": wl.outputs})
+        )
+        script = Path(d) / "run_vllm.py"
+        script.write_text(_VLLM_SCRIPT)
+        proc = subprocess.run(
+            [python, str(script), str(spec)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+    for line in proc.stdout.splitlines():
+        if line.startswith("HEARTH_VLLM "):
+            return float(json.loads(line.split(" ", 1)[1])["tokens_per_s"])
+    raise RuntimeError(f"vLLM run failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def run_benchmark(
+    *,
+    model_path: str | None = None,
+    requests: int = 32,
+    seed: int = 1234,
+    baselines: bool = True,
+    vllm_python: str | None = None,
+    max_batch: int = 32,
+    max_step_tokens: int = 512,
+) -> dict[str, Any]:
+    """Everything ``hearth bench serving`` reports, as one dictionary."""
+    import torch
+
+    from p2pnode.serving.loader import load_model
+
+    model = load_model(model_path)
+    wl = make_workload(requests, seed, model.config.vocab_size)
+    eng = run_engine(
+        model, wl, max_batch=max_batch, max_step_tokens=max_step_tokens, max_model_len=1024
+    )
+    result: dict[str, Any] = {
+        "workload": f"mixed{requests}",
+        "model": model.name,
+        "model_id": model.model_id,
+        "requests": requests,
+        "output_tokens": wl.output_tokens,
+        "prompt_tokens": sum(len(p) for p in wl.prompts),
+        "model_load_s": round(model.load_seconds, 3),
+        "torch_threads": torch.get_num_threads(),
+        "tokens_per_s": eng["tokens_per_s"],
+        "wall_s": eng["wall_s"],
+        "engine_steps": eng["steps"],
+        "preemptions": eng["preemptions"],
+        "ttft_ms": eng["ttft_ms"],
+        "itl_ms": eng["itl_ms"],
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_sequential_tokens_per_s": None,
+        "baseline_static8_tokens_per_s": None,
+    }
+    if baselines:
+        result["baseline_sequential_tokens_per_s"] = run_transformers(model.hf_dir, wl, 1)
+        result["baseline_static8_tokens_per_s"] = run_transformers(model.hf_dir, wl, 8)
+        result["speedup_vs_sequential"] = (
+            result["tokens_per_s"] / result["baseline_sequential_tokens_per_s"]
+        )
+        result["speedup_vs_static8"] = (
+            result["tokens_per_s"] / result["baseline_static8_tokens_per_s"]
+        )
+    if vllm_python:
+        result["vllm_tokens_per_s"] = run_vllm(vllm_python, model.hf_dir, wl)
+        result["ratio_vs_vllm"] = result["tokens_per_s"] / result["vllm_tokens_per_s"]
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+if __name__ == "__main__":  # python -m p2pnode.serving.bench  (engine only, quick look)
+    print(json.dumps(run_benchmark(baselines="--baselines" in sys.argv), indent=1, default=str))

