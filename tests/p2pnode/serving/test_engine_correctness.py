@@ -53,12 +53,12 @@ async def _run_all(engine: Engine, reqs: list[GenerationRequest]) -> list[Genera
     return [o for o in out if o is not None]
 
 
-def _greedy(m: LoadedModel, text: str, **kw: Any) -> GenerationRequest:
+def _greedy(m: LoadedModel, text: str, ignore_eos: bool = True, **kw: Any) -> GenerationRequest:
     return GenerationRequest(
         prompt_token_ids=_ids(m, text),
         max_tokens=NEW,
         temperature=0.0,
-        ignore_eos=True,
+        ignore_eos=ignore_eos,
         logprobs=True,
         **kw,
     )
@@ -66,14 +66,14 @@ def _greedy(m: LoadedModel, text: str, **kw: Any) -> GenerationRequest:
 
 async def test_greedy_matches_transformers(smollm: LoadedModel, hf_model: Any) -> None:
     async with Engine(smollm, max_batch=16, max_model_len=256) as engine:
-        got = await _run_all(engine, [_greedy(smollm, p) for p in PROMPTS])
+        # both stop at end-of-sequence (HF's min_new_tokens would mask EOS instead)
+        got = await _run_all(engine, [_greedy(smollm, p, ignore_eos=False) for p in PROMPTS])
     for text, res in zip(PROMPTS, got, strict=True):
         ids = torch.tensor([_ids(smollm, text)])
         with torch.inference_mode():
             ref = hf_model.generate(
                 ids,
                 max_new_tokens=NEW,
-                min_new_tokens=NEW,
                 do_sample=False,
                 output_logits=True,
                 return_dict_in_generate=True,
