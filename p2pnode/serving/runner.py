@@ -68,7 +68,7 @@ class ModelRunner:
         self._forward = self.model.forward
         if compile:
             # Compile the hot step only; shapes vary with the batch, hence dynamic.
-            self._forward = torch.compile(self.model.forward, dynamic=True)  # type: ignore[assignment]
+            self._forward = torch.compile(self.model.forward, dynamic=True)
 
     # ------------------------------------------------------------------ plan
     def _causal_mask(self, start: int, t: int) -> torch.Tensor:
