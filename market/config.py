@@ -245,16 +245,41 @@ class ChainSection:
 
 @dataclass(frozen=True, slots=True)
 class PowerSection:
-    """What tells the node to throttle or stop for the house."""
+    """What tells the node to throttle or stop for the house (see p2pnode/power).
 
-    source: str = setting(
-        "none",
-        'Power signal: "none", "file", "span" (SPAN panel) or "schedule".',
-        choices=("none", "file", "span", "schedule"),
+    Every table is optional; with none the node always runs at full power. The most
+    restrictive input wins, and the node relaxes one step at a time with hysteresis.
+    """
+
+    governor: dict[str, Any] = setting(  # noqa: RUF009 (setting() returns a field)
+        {},
+        "Governor thresholds and dwell times, e.g. { throttle_below_w = 4000, min_dwell_s = 60 }.",
     )
-    options: dict[str, Any] = setting(  # noqa: RUF009 (setting() returns a field)
-        {}, 'Options of that source, e.g. { path = "/run/hearth/power" } for "file".'
+    tariff: dict[str, Any] = setting(  # noqa: RUF009
+        {},
+        "Time-of-use price per kWh: { default = 0.3, periods = [{ start = \"17:00\", "
+        "end = \"21:00\", price = 0.55 }] } or { hourly = [24 prices] }.",
     )
+    span: dict[str, Any] = setting(  # noqa: RUF009
+        {},
+        "SPAN smart panel: { host, serial, broker_host, username, password, node_circuit }.",
+    )
+    demand_response: dict[str, Any] = setting(  # noqa: RUF009
+        {},
+        'Utility demand-response events from a JSON file: { file = "/run/hearth/dr.json" }.',
+    )
+    override: dict[str, Any] = setting(  # noqa: RUF009
+        {},
+        "Local override: { file = PATH } and/or { http_port = N, token = 16+ chars }.",
+    )
+
+    def as_mapping(self) -> dict[str, Any]:
+        """The tables that are set, as ``p2pnode.power.service.run_power`` takes them."""
+        return {
+            name: value
+            for name in ("governor", "tariff", "span", "demand_response", "override")
+            if (value := getattr(self, name))
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,8 @@ class LocalMarket:
     """Stand up and tear down a local market (see the module docstring).
 
     ``say`` receives one line per step (progress for humans); ``node_extra`` is TOML
-    appended to every node's config (e.g. market or serving settings).
+    appended to every node's config (e.g. market or serving settings); ``power_extra`` goes
+    into its ``[power]`` section, whose override file :meth:`override_power` writes.
     """
 
     def __init__(
@@ -70,11 +71,13 @@ class LocalMarket:
         say: Callable[[str], None] = lambda _: None,
         deposit: int = 50 * 10**6,
         node_extra: str = "",
+        power_extra: str = "",
     ) -> None:
         self.dir = workdir
         self.say = say
         self.deposit = deposit
         self.node_extra = node_extra
+        self.power_extra = power_extra
         self.procs: list[NodeProc] = []
         self.ids: dict[str, Any] = {}
         self.anvil: Any = None
@@ -160,6 +163,13 @@ bootstrap = ["{self.bootstrap}"]
 rpc_url = "{self.anvil.url}"
 deployment = "{self.dir / "deployment.json"}"
 redeem_min_gas_multiple = 10.0
+
+[power]
+override = {{ file = "{self.dir / name / "power-override"}" }}
+{self.power_extra}
+
+[dashboard]
+port = 0
 {self.node_extra}"""
         )
         return path
@@ -203,6 +213,10 @@ redeem_min_gas_multiple = 10.0
             if p.peer_id == peer_id:
                 return p.name
         return peer_id[-8:]
+
+    def override_power(self, name: str, state: str) -> None:
+        """Write ``name``'s power override file (normal|throttled|draining|off|auto)."""
+        (self.dir / name / "power-override").write_text(state + "\n")
 
     def kill(self, peer_id: str) -> str:
         """SIGKILL the node with ``peer_id``; returns its name ("" if not found)."""

@@ -42,12 +42,15 @@ class ProviderStatus:
     queued: int = 0
     max_queue: int = 0
     tokens_per_s: float  # per job, at normal power
+    price_multiplier: float = 1.0  # from the power governor (throttling, tariff peaks)
 
     def __post_init__(self) -> None:
         if self.capacity < 0 or self.active_jobs < 0 or self.queued < 0 or self.max_queue < 0:
             raise LocalProtocolError("ProviderStatus counts must be >= 0")
         if not self.tokens_per_s > 0:
             raise LocalProtocolError("tokens_per_s must be > 0")
+        if not self.price_multiplier >= 1.0:
+            raise LocalProtocolError("price_multiplier must be >= 1")
 
     @property
     def full(self) -> bool:
@@ -116,7 +119,8 @@ class CostPlusPolicy:
         """The cost-plus price per 1,000 tokens for this node right now."""
         tps = self.throughput(status)
         per_token = self.electricity_per_kwh * (self.power_draw_w / 1000.0) / 3600.0 / tps
-        return max(self.floor_per_1k, math.ceil(1000.0 * per_token * (1.0 + self.margin)))
+        cost_plus = 1000.0 * per_token * (1.0 + self.margin) * status.price_multiplier
+        return max(self.floor_per_1k, math.ceil(cost_plus))
 
     def _unable(self, model_id: str, region: str, status: ProviderStatus) -> Refusal | None:
         if model_id not in status.models:

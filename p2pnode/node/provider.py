@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -46,6 +47,7 @@ from market.protocol.actions import (
 from market.protocol.events import (
     AwardReceived,
     CancelReceived,
+    CancelRequested,
     DeadlinePassed,
     Event,
     GenerationFailed,
@@ -98,6 +100,8 @@ class ProviderStats:
     jobs_failed: int = 0
     tokens_served: int = 0
     earned: int = 0  # sum of vouchers credited (token base units)
+    handed_off: int = 0  # jobs passed to a runner-up when the house needed the power
+    declines_by_reason: Counter[str] = field(default_factory=Counter)
 
 
 class ProviderService:
@@ -137,7 +141,7 @@ class ProviderService:
         self.accepting = True
         self._bids: dict[bytes, ProviderJob] = {}
         self._guard = ReplayGuard()
-        self._sessions: set[bytes] = set()
+        self._sessions: dict[bytes, _JobSession] = {}
 
     def status(self) -> ProviderStatus:
         """This node right now, with its active jobs counted."""
@@ -154,6 +158,7 @@ class ProviderService:
             queued=base.queued,
             max_queue=base.max_queue,
             tokens_per_s=base.tokens_per_s,
+            price_multiplier=base.price_multiplier,
         )
 
     async def in_ledger(self, write: Callable[[Ledger], object]) -> None:
@@ -170,6 +175,25 @@ class ProviderService:
     def busy(self) -> bool:
         """True while some job is being served."""
         return bool(self._sessions)
+
+    @property
+    def open_bids(self) -> int:
+        """Bids sent and not yet awarded or expired."""
+        return len(self._bids)
+
+    def hand_off(self, finish_within_s: float) -> int:
+        """Cancel the jobs that would not finish within ``finish_within_s`` seconds.
+
+        Their buyers fail over to runner-ups, resuming from the delivered tokens, so
+        no job is dropped; the rest finish here. Returns how many were handed off.
+        """
+        handed = 0
+        for session in list(self._sessions.values()):
+            if session.remaining_s() > finish_within_s:
+                session.events_in.send_nowait(CancelRequested(reason="power_shed"))
+                handed += 1
+        self.stats.handed_off += handed
+        return handed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe to the model's RFQ topic and serve until cancelled."""
@@ -208,6 +232,7 @@ class ProviderService:
                     self._bids[rfq.job_id] = job
                 else:
                     self.stats.declines += 1
+                    self.stats.declines_by_reason[action.message.reason.value] += 1
                 await self._answer(action)
 
     async def _answer(self, action: Send) -> None:
@@ -236,11 +261,12 @@ class ProviderService:
         if job is None or job.rfq is None or job.rfq.buyer != fs.peer_id:
             raise RemoteProtocolError("award for a job we did not bid on")
         self.stats.awards += 1
-        self._sessions.add(award.job_id)
+        session = _JobSession(self, job, fs)
+        self._sessions[award.job_id] = session
         try:
-            await _JobSession(self, job, fs).serve(award)
+            await session.serve(award)
         finally:
-            self._sessions.discard(award.job_id)
+            self._sessions.pop(award.job_id, None)
 
     def _record(self, outcome: ProviderOutcome, model_id: str) -> None:
         if outcome.completed:
@@ -263,6 +289,15 @@ class _JobSession:
         self.running.set()
         self.generation: trio.CancelScope | None = None
         self.outcome: ProviderOutcome | None = None
+        self.generated = 0
+
+    def remaining_s(self) -> float:
+        """How long this job should still take at the node's rate (0 once ended)."""
+        award = self.job.award
+        if award is None or self.outcome is not None:
+            return 0.0
+        left = award.max_tokens - award.resume_offset - self.generated
+        return max(0, left) / self.svc.status().tokens_per_s
 
     async def serve(self, award: Award) -> None:
         svc, fs = self.svc, self.fs
@@ -375,6 +410,7 @@ class _JobSession:
                 async for chunk in self.svc.engine.generate(request):
                     await self.running.wait()
                     if chunk.token_ids:
+                        self.generated += len(chunk.token_ids)
                         self.events_in.send_nowait(
                             TokensGenerated(
                                 token_ids=tuple(chunk.token_ids),

@@ -7,11 +7,13 @@ jobs finish (up to ``drain_timeout_s``), redeems everything it holds, and exits.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,9 +37,13 @@ from market.streams import sealed
 from market.vouchers import from_stored
 from p2pnode.net import NetConfig, NodeNet, open_node_host
 from p2pnode.net.pubsub import offers_topic
+from p2pnode.node.dashboard import serve_dashboard
 from p2pnode.node.deposits import DepositCache
 from p2pnode.node.hardware import detect_gpus
 from p2pnode.node.provider import ProviderService
+from p2pnode.node.telemetry import Telemetry
+from p2pnode.power import PowerPolicy
+from p2pnode.power.service import PowerService, run_power
 
 __all__ = ["NodeSettings", "redeem_all", "run_node"]
 
@@ -68,46 +74,81 @@ class NodeSettings:
     redemption: RedemptionPolicy = field(default_factory=RedemptionPolicy)
     drain_timeout_s: float = 60.0
     provider: ProviderConfig = field(default_factory=ProviderConfig)
+    power: Mapping[str, Any] = field(default_factory=dict)  # [power] tables (p2pnode.power)
+    dashboard_port: int = 0  # 0 = no dashboard
+    dashboard_token: str = ""
 
 
 class _Node:
-    """The running node's parts, so the status writer and the drain can see them."""
+    """The running node's parts: what status.json, the dashboard and the drain look at.
+
+    It is the dashboard's :class:`~p2pnode.node.dashboard.NodeControl`.
+    """
 
     def __init__(self, settings: NodeSettings) -> None:
         self.s = settings
         self.started_at = time.time()
         self.service: ProviderService | None = None
         self.net: NodeNet | None = None
-        self.ledger: Ledger | None = None
+        self.power: PowerService | None = None
         self.state = "starting"
+        self.offers_changed = trio.Event()
+        self.telemetry = Telemetry(
+            ledger_path=settings.data_dir / "ledger.sqlite",
+            provider_address=settings.identity.eth_address,
+            currency_symbol=settings.deployment.token_symbol,
+            currency_decimals=settings.deployment.token_decimals,
+        )
 
-    def status_doc(self) -> dict[str, Any]:
-        svc, net, ledger = self.service, self.net, self.ledger
-        doc: dict[str, Any] = {
-            "state": self.state,
-            "pid": os.getpid(),
-            "peer_id": self.s.identity.peer_id,
-            "address": self.s.identity.eth_address,
-            "uptime_s": round(time.time() - self.started_at, 1),
-            "updated_at": time.time(),
-        }
-        if net is not None:
-            doc["addrs"] = net.addrs
-            doc["peers"] = net.connected_peers()
-        if svc is not None:
-            doc["stats"] = vars(svc.stats).copy()
-            doc["active_jobs"] = svc.active_jobs
-        if ledger is not None:
-            doc["redemptions"] = {
-                st: len(ledger.redemptions(st)) for st in ("pending", "confirmed", "failed")
-            }
+    def power_policy(self) -> PowerPolicy | None:
+        return self.power.policy if self.power is not None else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a person or a scraper wants to know (safe from a worker thread)."""
+        svc = self.service
+        policy = self.power_policy()
+        doc = self.telemetry.snapshot(
+            state=self.state,
+            service=svc,
+            net=self.net,
+            power_state=policy.state.wire if policy is not None else "normal",
+            price_floor_per_1k=svc.policy.floor_per_1k if svc is not None else None,  # type: ignore[attr-defined]
+            started_at=self.started_at,
+            peer_id=self.s.identity.peer_id,
+        )
+        doc["pid"] = os.getpid()
+        doc["address"] = self.s.identity.eth_address
+        doc["addrs"] = self.net.addrs if self.net is not None else []
+        if policy is not None:
+            doc["power_reasons"] = list(policy.reasons)
         return doc
 
+    # -- NodeControl (the dashboard's buttons) ----------------------------------------
+    def drain(self) -> None:
+        if self.service is not None:
+            self.service.accepting = False
+            self.offers_changed.set()
+
+    def resume(self) -> None:
+        if self.service is not None and self.state == "serving":
+            self.service.accepting = True
+            self.offers_changed.set()
+
+    def set_price_floor(self, price_per_1k: int) -> None:
+        if self.service is None:
+            raise ValueError("the node is still starting")
+        if price_per_1k < 0:
+            raise ValueError("a price floor is >= 0")
+        self.service.policy = dataclasses.replace(self.service.policy, floor_per_1k=price_per_1k)  # type: ignore[type-var]
+        self.offers_changed.set()
+
     async def write_status(self) -> None:
+        """Keep ``status.json`` fresh (read by ``hearth node status`` and the local harness)."""
         path = self.s.data_dir / "status.json"
         while True:
+            doc = await trio.to_thread.run_sync(self.snapshot)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status_doc(), indent=2))
+            tmp.write_text(json.dumps(doc, indent=2, default=str))
             tmp.replace(path)
             await trio.sleep(1.0)
 
@@ -150,15 +191,17 @@ async def run_node(
     engine = Engine(model, device=s.device, kv_cache_mb=s.kv_cache_mb, max_batch=max(8, s.capacity))
 
     def status() -> ProviderStatus:
+        policy = node.power_policy()
         return ProviderStatus(
             provider=ident.peer_id,
             provider_address=ident.eth_address_bytes,
             region=s.region,
-            power_state="normal",
+            power_state=policy.state.wire if policy is not None else "normal",
             models=frozenset({model_hex}),
             active_jobs=0,
-            capacity=s.capacity,
+            capacity=min(s.capacity, policy.max_concurrency) if policy else s.capacity,
             tokens_per_s=s.tokens_per_s,
+            price_multiplier=max(1.0, policy.price_multiplier) if policy else 1.0,
         )
 
     drain = trio.Event()
@@ -180,7 +223,13 @@ async def run_node(
         # One tiny generation first, so the first buyer does not pay for the warm-up.
         await engine.complete(GenerationRequest(prompt="Hello", max_tokens=2, temperature=0.0))
         async with trio.open_nursery() as nursery:
+            node.power = await nursery.start(run_power, s.power, lambda: service.active_jobs)
+            nursery.start_soon(_follow_power, node)
             nursery.start_soon(node.write_status)
+            if s.dashboard_port:
+                await nursery.start(
+                    partial(serve_dashboard, node, token=s.dashboard_token, port=s.dashboard_port)
+                )
             await nursery.start(
                 partial(run_redeemer, redeemer, chain, interval_s=s.redeem_interval_s)
             )
@@ -200,7 +249,9 @@ async def run_node(
             logger.info("drained; redeeming what is held")
             await chain.run(redeem_all, redeemer)
             node.state = "stopped"
-            (s.data_dir / "status.json").write_text(json.dumps(node.status_doc(), indent=2))
+            doc = await trio.to_thread.run_sync(node.snapshot)
+            (s.data_dir / "status.json").write_text(json.dumps(doc, indent=2, default=str))
+            node.telemetry.close()
             nursery.cancel_scope.cancel()
 
 
@@ -253,9 +304,25 @@ async def _publish_offer(node: _Node, net: NodeNet, model: Any, model_hex: str, 
 
 
 async def _publish_offers(node: _Node, net: NodeNet, model: Any, model_hex: str, gpus: Any) -> None:
+    """Offer every ``offer_interval_s``, and at once when power or price changes."""
     while True:
         await _publish_offer(node, net, model, model_hex, gpus)
-        await trio.sleep(node.s.offer_interval_s)
+        with trio.move_on_after(node.s.offer_interval_s):
+            await node.offers_changed.wait()
+        node.offers_changed = trio.Event()
+
+
+async def _follow_power(node: _Node) -> None:
+    """Act on the governor: re-offer on every change; hand off what cannot finish."""
+    assert node.power is not None and node.service is not None
+    policy = node.power.policy
+    while True:
+        policy = await node.power.wait_change(policy)
+        node.telemetry.note_power(policy.state.wire, ", ".join(policy.reasons))
+        node.offers_changed.set()
+        if policy.drain:
+            handed = node.service.hand_off(policy.drain_finish_s)
+            logger.warning("power %s: handing %d job(s) to runner-ups", policy.state.wire, handed)
 
 
 async def _watch_signals(drain: trio.Event) -> None:

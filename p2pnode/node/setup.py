@@ -39,4 +39,7 @@ def load_node_settings(path: str | Path) -> Any:
         device=cfg.serving.device,
         kv_cache_mb=cfg.serving.kv_cache_mb or None,
         redemption=RedemptionPolicy(gas_multiple=cfg.chain.redeem_min_gas_multiple),
+        power=cfg.power.as_mapping(),
+        dashboard_port=cfg.dashboard.port,
+        dashboard_token=cfg.dashboard.token,
     )

@@ -60,8 +60,8 @@ device = "cpu"
 [chain]
 rpc_url = "http://127.0.0.1:8545"
 [power]
-source = "file"
-options = { path = "/run/hearth/power", poll_s = 5 }
+demand_response = { file = "/run/hearth/dr.json" }
+tariff = { default = 0.3 }
 """
     )
     cfg = load_config(path)
@@ -70,7 +70,11 @@ options = { path = "/run/hearth/power", poll_s = 5 }
     assert cfg.market.margin == 1.0 and isinstance(cfg.market.margin, float)
     assert cfg.market.price_per_1k == 120000000000000000000000
     assert cfg.serving.models == ("~/models/smollm2.gguf",)
-    assert cfg.power.options == {"path": "/run/hearth/power", "poll_s": 5}
+    assert cfg.power.demand_response == {"file": "/run/hearth/dr.json"}
+    assert cfg.power.as_mapping() == {
+        "tariff": {"default": 0.3},
+        "demand_response": {"file": "/run/hearth/dr.json"},
+    }
 
 
 @pytest.mark.parametrize(
@@ -103,7 +107,7 @@ options = { path = "/run/hearth/power", poll_s = 5 }
             '"MY-VAR"',
             "variable name",
         ),
-        ("[power]\noptions = 3", "power.options", "3", "a table"),
+        ("[power]\ntariff = 3", "power.tariff", "3", "a table"),
         ("node = 3", "node", "3", "a [node] table"),
     ],
 )
