@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hearth-installed
 NPM_STAMP := contracts/node_modules/.hearth-installed
+APT_STAMP := $(VENV)/.hearth-apt
 
 .PHONY: demo test lint typecheck imports pytest setup clean contracts
 
 demo: $(STAMP) $(NPM_STAMP)
 	$(BIN)/hearth demo
 
-test: $(STAMP) $(NPM_STAMP) lint typecheck imports contracts pytest
+test: $(STAMP) $(NPM_STAMP) $(APT_STAMP) lint typecheck imports contracts pytest
 
 setup: $(STAMP) $(NPM_STAMP)
 
@@ -27,6 +28,15 @@ $(NPM_STAMP): contracts/package.json contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# Tests talk to a real MQTT broker (the SPAN panel) and drive a real browser (the
+# dashboard): Debian's mosquitto and chromium, installed when missing (needs root).
+$(APT_STAMP): $(STAMP)
+	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto || ! test -x /usr/bin/chromium; then \
+	  echo "installing Debian packages: mosquitto chromium"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto chromium >/dev/null; \
+	fi
+	touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -40,7 +50,7 @@ imports: $(STAMP)
 contracts: $(STAMP) $(NPM_STAMP)
 	$(BIN)/python -m market.chain.compile --check
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(APT_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
