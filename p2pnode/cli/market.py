@@ -76,9 +76,13 @@ def node_status(
     config: ConfigOpt = Path("hearth.toml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Show a node's jobs, earnings, redemptions and peers (from its data directory)."""
+    """Show a node's jobs, earnings, redemptions, power state and peers.
+
+    Works whether the node runs or not: the ledger is read directly, and the running
+    node's last status (refreshed every second) adds its live figures.
+    """
     from market.config import load_config
-    from market.ledger import Ledger
+    from p2pnode.node.telemetry import Telemetry
 
     _check_config(config)
     try:
@@ -89,43 +93,63 @@ def node_status(
     try:
         live = json.loads((data_dir / "status.json").read_text())
     except (OSError, ValueError):
-        live = {"state": "not running (no status file)"}
-    ledger_path = data_dir / "ledger.sqlite"
-    doc: dict[str, Any] = {"node": live}
-    if ledger_path.exists():
-        ledger = Ledger(ledger_path)
-        jobs = ledger.jobs()
-        doc["jobs"] = {
-            "total": len(jobs),
-            "done": sum(j["status"] == "done" for j in jobs),
-            "tokens": sum(int(j["tokens"] or 0) for j in jobs),
-            "vouchered": sum(int(j["amount"] or 0) for j in jobs),
-        }
-        doc["redemptions"] = {
-            st: len(ledger.redemptions(st)) for st in ("pending", "confirmed", "failed", "dropped")
-        }
-        doc["earnings_by_day"] = ledger.earnings_by_day()
-        ledger.close()
+        live = {}
+    telemetry = Telemetry(
+        ledger_path=data_dir / "ledger.sqlite",
+        provider_address=live.get("address", ""),
+        currency_symbol=live.get("currency", {}).get("symbol", ""),
+        currency_decimals=live.get("currency", {}).get("decimals", 0),
+    )
+    doc = telemetry.snapshot(
+        state=live.get("state", "not running"),
+        service=None,
+        net=None,
+        power_state=live.get("power", {}).get("state", "unknown"),
+        peer_id=live.get("peer_id", ""),
+    )
+    telemetry.close()
+    for key in ("tokens", "bids", "peers", "gossip", "power", "uptime_s", "accepting", "jobs"):
+        if key in live and key != "jobs":
+            doc[key] = live[key]
+    if "jobs" in live:  # live counters of this run; the ledger's history stays
+        doc["jobs"]["active"] = live["jobs"].get("active", 0)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"hearth node — {live.get('peer_id', '?')}")
+    symbol = doc.get("currency", {}).get("symbol", "")
+    table = Table(title=f"hearth node {doc.get('peer_id') or ''}")
     table.add_column("what")
-    table.add_column("value")
-    table.add_row("state", str(live.get("state")))
-    table.add_row("uptime", f"{live.get('uptime_s', 0)} s")
-    table.add_row("peers", str(len(live.get("peers", []))))
-    for key, value in (live.get("stats") or {}).items():
-        table.add_row(key, str(value))
-    for key, value in doc.get("jobs", {}).items():
-        table.add_row(f"jobs {key}", str(value))
-    for key, value in doc.get("redemptions", {}).items():
-        table.add_row(f"redemptions {key}", str(value))
-    for row in doc.get("earnings_by_day", []):
-        table.add_row(f"earned {row.get('day')}", str(row.get("amount")))
+    table.add_column("value", justify="right")
+    rows: list[tuple[str, Any]] = [
+        ("state", doc.get("state")),
+        ("uptime (s)", doc.get("uptime_s")),
+        ("bidding", doc.get("accepting")),
+        ("power state", doc.get("power", {}).get("state")),
+        (
+            "peers",
+            doc.get("peers", {}).get("count") if isinstance(doc.get("peers"), dict) else None,
+        ),
+        ("tokens served", doc.get("tokens", {}).get("total")),
+        ("jobs by outcome", doc.get("jobs", {}).get("by_outcome")),
+        ("bids", {k: v for k, v in doc.get("bids", {}).items() if k != "declined"} or None),
+        ("declined by reason", doc.get("bids", {}).get("declined")),
+        (f"credited ({symbol} base units)", doc.get("earnings", {}).get("credited")),
+        (
+            f"earned on chain, net ({symbol} base units)",
+            doc.get("earnings", {}).get("on_chain_net"),
+        ),
+        (
+            "vouchers held / pending amount",
+            (doc.get("vouchers", {}).get("held"), doc.get("vouchers", {}).get("pending_amount")),
+        ),
+        ("redemptions", doc.get("redemptions")),
+    ]
+    for key, value in rows:
+        if value is not None:
+            table.add_row(key, str(value))
     Console().print(table)
 
 

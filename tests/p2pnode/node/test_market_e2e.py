@@ -7,6 +7,8 @@ the gateway use.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import trio
 from market.protocol import cost_of
 from market.sdk.connect import load_buyer, open_buyer_client
 from market.sdk.types import GenerationParams
-from p2pnode.localnet import LocalMarket
+from p2pnode.localnet import LocalMarket, hearth_cmd
 
 HOMEOWNERS = ("alice", "bob", "carol")
 MODEL = "SmolLM2-135M-Instruct"
@@ -279,3 +281,18 @@ def test_settlement_on_chain_matches_the_ledgers_exactly(market: LocalMarket) ->
         ledger.close()
     assert total_redeemed > 0
     assert hub.balance_of(buyer, dep.token) == market.deposit - total_redeemed
+    # `hearth node status` tells the homeowner the same story from the ledger.
+    earner = next(n for n in HOMEOWNERS if token.balance_of(market.ids[n].eth_address) > 0)
+    out = subprocess.run(
+        hearth_cmd(
+            "node", "status", "--json", "--config", str(market.dir / earner / "hearth.toml")
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+        env=market.env,
+    )
+    status = json.loads(out.stdout)
+    assert status["state"] == "stopped"
+    assert status["redemptions"]["confirmed"]["count"] >= 1
+    assert status["earnings"]["on_chain_net"] == token.balance_of(market.ids[earner].eth_address)
