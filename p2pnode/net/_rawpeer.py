@@ -25,7 +25,14 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2pnode.net._testpeer import BENCH_TOPIC, _emit, _lines, _rss_mb
+from p2pnode.net._testpeer import (
+    BENCH_TOPIC,
+    _cpu_s,
+    _emit,
+    _lines,
+    _rss_mb,
+    bench_publish_schedule,
+)
 
 
 async def main() -> None:
@@ -84,15 +91,15 @@ async def main() -> None:
             elif cmd == "mesh":
                 res = {"mesh": len(router.mesh.get(req["topic"], ())), "peers": 0}
             elif cmd == "bench_publish":
-                pad = b"\0" * max(0, int(req["size"]) - 8)
-                for _ in range(int(req["count"])):
-                    await pubsub.publish(BENCH_TOPIC, struct.pack(">d", time.time()) + pad)
-                    await trio.sleep(1.0 / float(req["rate"]))
-                res = {"sent": int(req["count"])}
+
+                async def send(data: bytes) -> None:
+                    await pubsub.publish(BENCH_TOPIC, data)
+
+                res = {"sent": await bench_publish_schedule(send, req)}
             elif cmd == "bench_results":
                 res = {"received": len(latencies), "latencies": latencies}
             elif cmd == "rss":
-                res = {"rss_mb": _rss_mb()}
+                res = {"rss_mb": _rss_mb(), "cpu_s": _cpu_s()}
             elif cmd == "stats":
                 res = {"pubsub": {"dropped_full": 0}}
             _emit({"ok": True, **res})

@@ -25,6 +25,7 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,12 +246,11 @@ class Peer:
         )
         await self.net.publish(rfq_topic(model), self.seal(rfq))
 
-    async def bench_publish(self, count: int, rate: float, size: int) -> int:
-        pad = b"\0" * max(0, size - 8)
-        for _ in range(count):
-            await self.net.publish(BENCH_TOPIC, struct.pack(">d", time.time()) + pad)
-            await trio.sleep(1.0 / rate)
-        return count
+    async def bench_publish(self, req: dict[str, Any]) -> int:
+        async def send(data: bytes) -> None:
+            await self.net.publish(BENCH_TOPIC, data)
+
+        return await bench_publish_schedule(send, req)
 
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
@@ -281,13 +281,41 @@ class Peer:
         if cmd == "stats":
             return net.stats()
         if cmd == "rss":
-            return {"rss_mb": _rss_mb()}
+            return {"rss_mb": _rss_mb(), "cpu_s": _cpu_s()}
         if cmd == "bench_publish":
-            sent = await self.bench_publish(int(req["count"]), float(req["rate"]), int(req["size"]))
-            return {"sent": sent}
+            return {"sent": await self.bench_publish(req)}
         if cmd == "bench_results":
             return {"received": self.bench_received, "latencies": self.bench_latencies}
         raise ValueError(f"unknown command {cmd!r}")
+
+
+async def bench_publish_schedule(
+    send: Callable[[bytes], Awaitable[None]], req: dict[str, Any]
+) -> int:
+    """Publish ``req["count"]`` stamped payloads on a wall-clock schedule.
+
+    Publication ``j`` goes out at ``start_at + j * period`` (``time.time()`` seconds, the
+    clock every process on the machine shares), so the bench can interleave all peers
+    evenly instead of letting them publish in bursts. Without ``start_at`` the first
+    goes out now and ``period`` defaults to ``1 / rate``. Each payload starts with the
+    actual send time (big-endian float64), then zero padding up to ``size`` bytes.
+    """
+    count, size = int(req["count"]), int(req["size"])
+    period = float(req.get("period") or 1.0 / float(req["rate"]))
+    start_at = float(req.get("start_at") or time.time())
+    pad = b"\0" * max(0, size - 8)
+    for j in range(count):
+        delay = start_at + j * period - time.time()
+        if delay > 0:
+            await trio.sleep(delay)
+        await send(struct.pack(">d", time.time()) + pad)
+    return count
+
+
+def _cpu_s() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _rss_mb() -> float:

@@ -7,9 +7,25 @@ Two phases in one run, on the same machine at the same moment:
 2. **hearth** — one bootstrap and ``procs`` hardened ``_testpeer`` processes that find
    each other by rendezvous, as real nodes do.
 
-In each, once every peer has a mesh, the peers publish in turn at ``rate`` messages/s
-in total for ``seconds``; payloads carry their send time and every other peer records
-publish-to-delivery latency. Delivery ratio = deliveries / (messages × (procs − 1)).
+In each, once every peer has a mesh of ≥ 4 (or procs − 1), a **warm-up** of ``warmup``
+seconds (default :data:`WARMUP_S`) lets identify, subscriptions, the first heartbeats
+and discovery finish; nothing is measured then except the CPU the idle peers use
+(``idle_cpu_cores``). Then the peers publish **in turn on one even schedule**: message
+``k`` leaves peer ``k % procs`` at ``t0 + k / rate`` (wall clock, shared by every
+process on the machine), ``rate`` messages/s in total for ``seconds``. Payloads carry
+their send time; every other peer records publish-to-delivery latency, and *every*
+delivery counts (nothing slow is excluded; stragglers are awaited until all arrive or
+5 s pass without news). Delivery ratio = deliveries / (messages × (procs − 1)).
+``gossip_cpu_cores`` is the CPU all peers used during the window over its wall time,
+``cpu_ms_per_msg`` the same CPU per published message, ``load_avg_1m`` the machine's
+load when the window opened — a shared 2-core machine turns CPU saturation directly
+into latency, so read the latencies with those next to them.
+
+Why the schedule matters: earlier versions had every peer start its own
+``1 / (rate / procs)`` timer at the same moment, so all ``procs`` peers published
+together — bursts of 25 messages every 5 s at 25 processes — and each burst (25 × 24
+deliveries, each hop signature-checked) queued for seconds on 2 cores: p50 0.5–2.8 s
+measured that queueing, not the gossip layer.
 Hearth's phase also streams 2,000 sealed TokenChunk frames between two peers over a
 FramedStream (stream bytes/s). ``latency_vs_baseline`` = hearth p50 / baseline p50.
 The machine is shared: compare the two phases, not runs taken at different times.
@@ -17,6 +33,7 @@ The machine is shared: compare the two phases, not runs taken at different times
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import sys
@@ -29,6 +46,7 @@ __all__ = ["print_table", "run_bench"]
 
 BENCH_TOPIC = "/hearth/1/bench"
 _MODEL = "be" * 32
+WARMUP_S = 5.0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -38,8 +56,15 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def _gossip(peers: list[PeerProcess], *, rate: float, seconds: float, size: int) -> dict[str, Any]:
-    """Wait for meshes, publish, collect latencies; returns the gossip figures."""
+def _cpu_total(peers: list[PeerProcess]) -> float:
+    """CPU seconds the peer processes have used so far, all together."""
+    return sum(float(p.call("rss")["cpu_s"]) for p in peers)
+
+
+def _gossip(
+    peers: list[PeerProcess], *, rate: float, seconds: float, size: int, warmup: float
+) -> dict[str, Any]:
+    """Wait for meshes, warm up, publish on an even schedule, collect latencies."""
     procs = len(peers)
     t1 = time.perf_counter()
     deadline = t1 + 60
@@ -48,11 +73,28 @@ def _gossip(peers: list[PeerProcess], *, rate: float, seconds: float, size: int)
             break
         time.sleep(0.25)
     mesh_s = time.perf_counter() - t1
+    # warm-up: identify, subscriptions, first heartbeats and discovery settle; the idle
+    # CPU they use is reported (it competes with gossip on a loaded machine)
+    c0, w0 = _cpu_total(peers), time.perf_counter()
+    time.sleep(warmup)
+    idle_cores = (_cpu_total(peers) - c0) / max(1e-9, time.perf_counter() - w0)
     count = max(1, int(rate * seconds))
     shares = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
-    for p, n in zip(peers, shares, strict=True):  # all publish concurrently
+    # message k goes out at t0 + k / rate from peer k % procs: one every 1/rate s in total
+    t0 = time.time() + 0.5
+    c0, w0, load = _cpu_total(peers), time.perf_counter(), os.getloadavg()[0]
+    for i, (p, n) in enumerate(zip(peers, shares, strict=True)):
         if n:
-            p.send_raw({"cmd": "bench_publish", "count": n, "rate": rate / procs, "size": size})
+            p.send_raw(
+                {
+                    "cmd": "bench_publish",
+                    "count": n,
+                    "rate": rate / procs,
+                    "period": procs / rate,
+                    "start_at": t0 + i / rate,
+                    "size": size,
+                }
+            )
     for p, n in zip(peers, shares, strict=True):
         if n:
             p._next(seconds * 3 + 30)
@@ -68,6 +110,8 @@ def _gossip(peers: list[PeerProcess], *, rate: float, seconds: float, size: int)
         elif time.perf_counter() - quiet_since > 5:
             break
         time.sleep(0.5)
+    busy_cpu = _cpu_total(peers) - c0
+    busy_cores = busy_cpu / max(1e-9, time.perf_counter() - w0)
     lat: list[float] = []
     for p in peers:
         lat.extend(p.call("bench_results")["latencies"])
@@ -80,11 +124,18 @@ def _gossip(peers: list[PeerProcess], *, rate: float, seconds: float, size: int)
             "max": 1000 * max(lat) if lat else float("nan"),
         },
         "mesh_formation_s": mesh_s,
+        "warmup_s": warmup,
+        "idle_cpu_cores": idle_cores,
+        "gossip_cpu_cores": busy_cores,
+        "cpu_ms_per_msg": 1000 * busy_cpu / count,
+        "load_avg_1m": load,
         "rss_mb_per_proc": statistics.fmean(p.call("rss")["rss_mb"] for p in peers),
     }
 
 
-def run_baseline(*, procs: int, rate: float, seconds: float, size: int) -> dict[str, Any]:
+def run_baseline(
+    *, procs: int, rate: float, seconds: float, size: int, warmup: float = WARMUP_S
+) -> dict[str, Any]:
     """The gossip measurement on stock, tuned py-libp2p."""
     peers: list[PeerProcess] = []
     try:
@@ -99,12 +150,17 @@ def run_baseline(*, procs: int, rate: float, seconds: float, size: int) -> dict[
             picks = rng.sample(range(i), min(8, i))
             p.call("connect_many", addrs=[peers[j].addr for j in picks], timeout=60)
         connect_s = time.perf_counter() - t0
-        return {"connect_s": connect_s, **_gossip(peers, rate=rate, seconds=seconds, size=size)}
+        return {
+            "connect_s": connect_s,
+            **_gossip(peers, rate=rate, seconds=seconds, size=size, warmup=warmup),
+        }
     finally:
         stop_all(list(peers))
 
 
-def run_hearth(*, procs: int, rate: float, seconds: float, size: int) -> dict[str, Any]:
+def run_hearth(
+    *, procs: int, rate: float, seconds: float, size: int, warmup: float = WARMUP_S
+) -> dict[str, Any]:
     """The gossip measurement on our hardened layer, plus a token-stream measurement."""
     boot: PeerProcess | None = None
     peers: list[PeerProcess] = []
@@ -117,7 +173,10 @@ def run_hearth(*, procs: int, rate: float, seconds: float, size: int) -> dict[st
         for p in peers:
             p.wait_ready()
         connect_s = time.perf_counter() - t0
-        result = {"connect_s": connect_s, **_gossip(peers, rate=rate, seconds=seconds, size=size)}
+        result = {
+            "connect_s": connect_s,
+            **_gossip(peers, rate=rate, seconds=seconds, size=size, warmup=warmup),
+        }
         result["dropped_counted"] = sum(p.call("stats")["pubsub"]["dropped_full"] for p in peers)
         peers[1].call("connect", addr=peers[0].addr)
         trade = peers[1].call(
@@ -131,12 +190,22 @@ def run_hearth(*, procs: int, rate: float, seconds: float, size: int) -> dict[st
 
 
 def run_bench(
-    *, procs: int, rate: float, seconds: float, size: int, baseline: bool = True
+    *,
+    procs: int,
+    rate: float,
+    seconds: float,
+    size: int,
+    baseline: bool = True,
+    warmup: float = WARMUP_S,
 ) -> dict[str, Any]:
     """Both phases; top-level keys are hearth's figures, ``baseline`` holds the other."""
     result: dict[str, Any] = {"procs": procs, "rate_msg_s": rate, "payload_bytes": size}
-    base = run_baseline(procs=procs, rate=rate, seconds=seconds, size=size) if baseline else None
-    result.update(run_hearth(procs=procs, rate=rate, seconds=seconds, size=size))
+    base = (
+        run_baseline(procs=procs, rate=rate, seconds=seconds, size=size, warmup=warmup)
+        if baseline
+        else None
+    )
+    result.update(run_hearth(procs=procs, rate=rate, seconds=seconds, size=size, warmup=warmup))
     if base is not None:
         result["baseline"] = base
         b50 = base["latency_ms"]["p50"]
@@ -179,6 +248,26 @@ def print_table(result: dict[str, Any]) -> None:
         "mesh formation",
         get(result, "mesh_formation_s", "{:.2f} s"),
         get(base, "mesh_formation_s", "{:.2f} s"),
+    )
+    t.add_row(
+        f"idle CPU in the {get(result, 'warmup_s', '{:.0f}')} s warm-up",
+        get(result, "idle_cpu_cores", "{:.2f} cores"),
+        get(base, "idle_cpu_cores", "{:.2f} cores"),
+    )
+    t.add_row(
+        "CPU while gossiping",
+        get(result, "gossip_cpu_cores", "{:.2f} cores"),
+        get(base, "gossip_cpu_cores", "{:.2f} cores"),
+    )
+    t.add_row(
+        "CPU per message (all peers)",
+        get(result, "cpu_ms_per_msg", "{:.0f} ms"),
+        get(base, "cpu_ms_per_msg", "{:.0f} ms"),
+    )
+    t.add_row(
+        "machine load (1 min) at window",
+        get(result, "load_avg_1m", "{:.1f}"),
+        get(base, "load_avg_1m", "{:.1f}"),
     )
     t.add_row(
         "RSS per process",
