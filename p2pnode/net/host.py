@@ -393,6 +393,22 @@ async def _close_network(host: Any) -> None:
             logger.debug("listener close failed", exc_info=True)
 
 
+_TRANSPORT_WORDS = ("Reset", "EOF", "Closed", "Timeout", "TooSlow", "Broken", "Connection")
+
+
+def _is_transport_failure(e: BaseException) -> bool:
+    """True for a peer going away (reset, EOF, closed, timed out) rather than misbehaving.
+
+    Home nodes restart and lose connections all the time; only protocol violations
+    (undecodable frames, forged messages) may cost a peer its score, or after repeated
+    offences its place (a blacklist is for the life of the process).
+    """
+    if isinstance(e, OSError | trio.BrokenResourceError | trio.ClosedResourceError):
+        return True
+    names = [cls.__name__ for cls in type(e).__mro__]
+    return any(word in name for name in names for word in _TRANSPORT_WORDS)
+
+
 @asynccontextmanager
 async def open_node_host(
     key_pair: KeyPair, config: NetConfig | None = None, *, bootstrap_services: bool = False
@@ -411,6 +427,8 @@ async def open_node_host(
     def on_inbound_error(peer: ID, e: BaseException) -> None:
         net.errors[f"inbound:{type(e).__name__}"] += 1
         logger.info("inbound stream from %s failed: %r", peer, e)
+        if _is_transport_failure(e):
+            return  # a dropped or reset connection is bad luck, not misbehaviour
         try:
             pubsub.penalise(peer, f"stream:{type(e).__name__}", 5.0)
         except Exception:
