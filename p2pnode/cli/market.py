@@ -94,6 +94,8 @@ def node_status(
         live = json.loads((data_dir / "status.json").read_text())
     except (OSError, ValueError):
         live = {}
+    if live and live.get("state") != "stopped" and not _pid_alive(live.get("pid")):
+        live["state"] = f"not running (last seen {live.get('state')}; it did not stop cleanly)"
     telemetry = Telemetry(
         ledger_path=data_dir / "ledger.sqlite",
         provider_address=live.get("address", ""),
@@ -151,6 +153,21 @@ def node_status(
         if value is not None:
             table.add_row(key, str(value))
     Console().print(table)
+
+
+def _pid_alive(pid: Any) -> bool:
+    """Whether the process that wrote a status file still runs (signal 0 probes it)."""
+    import os
+
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @node_app.command("redeem")

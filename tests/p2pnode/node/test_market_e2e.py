@@ -293,6 +293,7 @@ def test_settlement_on_chain_matches_the_ledgers_exactly(market: LocalMarket) ->
         env=market.env,
     )
     status = json.loads(out.stdout)
-    assert status["state"] == "stopped"
+    # Drained nodes stopped cleanly; a SIGKILLed one is reported as not running.
+    assert status["state"] == "stopped" or status["state"].startswith("not running")
     assert status["redemptions"]["confirmed"]["count"] >= 1
     assert status["earnings"]["on_chain_net"] == token.balance_of(market.ids[earner].eth_address)
