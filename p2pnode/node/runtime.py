@@ -73,6 +73,7 @@ class NodeSettings:
     redeem_interval_s: float = 10.0
     redemption: RedemptionPolicy = field(default_factory=RedemptionPolicy)
     drain_timeout_s: float = 60.0
+    drain_finish_s: float = 20.0  # on SIGTERM, jobs ending later than this are handed off
     provider: ProviderConfig = field(default_factory=ProviderConfig)
     power: Mapping[str, Any] = field(default_factory=dict)  # [power] tables (p2pnode.power)
     dashboard_port: int = 0  # 0 = no dashboard
@@ -179,8 +180,7 @@ async def run_node(
         verifier=message_verifier(chain_id=dep.chain_id, contract=terms.contract),
         deposit_of=deposits.deposit_of,
     )
-    ledger = Ledger(s.data_dir / "ledger.sqlite")
-    node.ledger = ledger
+    ledger = Ledger(s.data_dir / "ledger.sqlite")  # the redeemer's connection
     for held in ledger.vouchers(ident.eth_address_bytes):  # resume after a restart
         book.restore(from_stored(held))
     redeemer = Redeemer(ledger, hub, s.redemption)
@@ -243,6 +243,9 @@ async def run_node(
             node.state = "draining"
             service.accepting = False
             await _publish_offer(node, net, model, model_hex, gpus)  # tell buyers at once
+            # Finish what ends soon; hand the rest to runner-ups (they resume from the
+            # delivered tokens), so a shutdown never drops a buyer's job.
+            service.hand_off(s.drain_finish_s)
             with trio.move_on_after(s.drain_timeout_s):
                 while service.busy:
                     await trio.sleep(0.2)
