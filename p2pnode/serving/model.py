@@ -11,8 +11,12 @@ single ``[N, D]`` matrix products (that is where the time goes). Only attention 
 at sequence boundaries, through :class:`AttentionPlan`, which the model runner builds
 once per step:
 
-* decode rows (one new token each) attend in **one** ``scaled_dot_product_attention``
-  call over a zero-copy slice ``cache[:S, :, :L]`` of the per-slot KV cache;
+* each decode row (one new token) attends over exactly its own live prefix, a
+  zero-copy slice ``cache[slot, :, :len]`` of the per-slot KV cache, with no mask.
+  (One batched call over ``cache[:S, :, :max_len]`` with a padding mask was measured
+  slower on CPU for mixed lengths: it reads every slot up to the *longest* sequence,
+  and in the tail of a workload a few live sequences sit in sparse slots, so the
+  batched call paid for ~all 32 slots. Attention here is memory-bound on K/V reads);
 * each prefill chunk attends in its own call with a causal mask offset by the tokens
   already cached for that sequence (chunked prefill).
 
@@ -183,12 +187,7 @@ class AttentionPlan:
     write_pos: torch.Tensor  # [N] long: position of each row
     cos: torch.Tensor  # [N, 1, hd]
     sin: torch.Tensor  # [N, 1, hd]
-    decode_rows: torch.Tensor | None = None  # [Bd] long: rows that are single-token decodes
-    decode_slots: torch.Tensor | None = None  # [Bd] long
-    decode_span: int = 0  # S: slots 0..S-1 cover every decode slot
-    decode_len: int = 0  # L: longest decode sequence incl. the new token
-    decode_mask: torch.Tensor | None = None  # [S, 1, 1, L] additive float mask
-    decode_dense: bool = False  # decode slots are exactly 0..S-1 in row order
+    decodes: list[tuple[int, int, int]] = field(default_factory=list)  # (row, slot, len)
     prefills: list[PrefillSegment] = field(default_factory=list)
 
 
@@ -237,20 +236,12 @@ class Attention(nn.Module):
         vc[plan.write_slots, :, plan.write_pos] = v.to(vc.dtype)
         out = torch.empty(n, h * hd, dtype=x.dtype, device=x.device)  # [N, H*hd]
 
-        if plan.decode_rows is not None:
-            s, ln = plan.decode_span, plan.decode_len
-            qd = q[plan.decode_rows].view(-1, kvh, g, hd).to(kc.dtype)  # [Bd, KVH, g, hd]
-            if plan.decode_dense:
-                qs = qd  # [S, KVH, g, hd]
-            else:
-                qs = torch.zeros(s, kvh, g, hd, dtype=qd.dtype, device=qd.device)
-                qs[plan.decode_slots] = qd
+        for row, slot, ln in plan.decodes:
+            qd = q[row].view(1, kvh, g, hd).to(kc.dtype)  # [1, KVH, g, hd]
             o = F.scaled_dot_product_attention(
-                qs, kc[:s, :, :ln], vc[:s, :, :ln], attn_mask=plan.decode_mask
-            )  # [S, KVH, g, hd]
-            if not plan.decode_dense:
-                o = o[plan.decode_slots]
-            out[plan.decode_rows] = o.reshape(-1, h * hd).to(x.dtype)
+                qd, kc[slot : slot + 1, :, :ln], vc[slot : slot + 1, :, :ln]
+            )  # [1, KVH, g, hd]: the new token sees every cached position, no mask
+            out[row] = o.view(h * hd).to(x.dtype)
 
         for seg in plan.prefills:
             t = seg.row1 - seg.row0

@@ -60,11 +60,9 @@ class ModelRunner:
         self.model: LlamaModel = loaded.build(plan.device, plan.dtype)
         self.cache = KVCache.allocate(self.cfg, plan.slots, plan.max_len, plan.dtype, plan.device)
         self.group = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
-        # Cache memory is allocated uninitialised (and, on the CPU, backed lazily).
-        # A batched decode reads every slot up to the longest sequence, masked; masked
-        # garbage must still be finite (NaN * 0 = NaN), so each slot is zeroed ahead of
-        # use, in strides, up to its high-water mark.
-        self._zeroed = [0] * plan.slots
+        # The cache is allocated uninitialised (and, on the CPU, backed lazily): every
+        # attention call reads only positions this sequence has written, so stale or
+        # garbage memory beyond a sequence's length is never touched.
         self._forward = self.model.forward
         if compile:
             # Compile the hot step only; shapes vary with the batch, hence dynamic.
@@ -85,21 +83,20 @@ class ModelRunner:
         ids: list[int] = []
         slots: list[int] = []
         pos: list[int] = []
-        d_rows: list[int] = []
-        d_slots: list[int] = []
-        d_pos: list[int] = []
+        decodes: list[tuple[int, int, int]] = []
         prefills: list[PrefillSegment] = []
         last_rows: list[int] = []
         for c in chunks:
             row0, t = len(ids), len(c.token_ids)
-            self._zero_ahead(c.slot, c.start + t)  # before the forward writes there
             ids.extend(c.token_ids)
-            slots.extend([c.slot] * t)
-            pos.extend(range(c.start, c.start + t))
+            if t == 1:
+                slots.append(c.slot)
+                pos.append(c.start)
+            else:
+                slots.extend([c.slot] * t)
+                pos.extend(range(c.start, c.start + t))
             if t == 1 and c.start > 0:
-                d_rows.append(row0)
-                d_slots.append(c.slot)
-                d_pos.append(c.start)
+                decodes.append((row0, c.slot, c.start + 1))
             else:
                 prefills.append(
                     PrefillSegment(row0, row0 + t, c.slot, c.start, self._causal_mask(c.start, t))
@@ -114,34 +111,10 @@ class ModelRunner:
             write_pos=pos_t,
             cos=cos,
             sin=sin,
+            decodes=decodes,
             prefills=prefills,
         )
-        if d_rows:
-            span = max(d_slots) + 1
-            length = max(d_pos) + 1
-            for s in range(span):
-                self._zero_ahead(s, length)
-            per_slot = torch.zeros(span, dtype=torch.long)
-            per_slot[torch.tensor(d_slots)] = torch.tensor(d_pos)
-            mask = torch.zeros(span, 1, 1, length, dtype=self.plan.dtype)
-            mask.masked_fill_(
-                torch.arange(length)[None, None, None, :] > per_slot[:, None, None, None], _NEG_INF
-            )
-            plan.decode_rows = torch.tensor(d_rows, dtype=torch.long, device=dev)
-            plan.decode_slots = torch.tensor(d_slots, dtype=torch.long, device=dev)
-            plan.decode_span = span
-            plan.decode_len = length
-            plan.decode_mask = mask.to(dev)
-            plan.decode_dense = d_slots == list(range(span))
         return torch.tensor(ids, dtype=torch.long, device=dev), plan, last_rows
-
-    def _zero_ahead(self, slot: int, length: int) -> None:
-        if self._zeroed[slot] >= length:
-            return
-        lo, hi = self._zeroed[slot], min(self.plan.max_len, length + 128)
-        for t in (*self.cache.k, *self.cache.v):
-            t[slot, :, lo:hi].zero_()
-        self._zeroed[slot] = hi
 
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()
@@ -164,18 +137,21 @@ class ModelRunner:
         )
 
     def _sample(self, logits: torch.Tensor, specs: Sequence[SamplingSpec]) -> list[SampleOut]:
-        logp = torch.log_softmax(logits, dim=-1)  # raw model logprobs, [R, V] fp32
+        # Raw model logprobs without materialising log_softmax over the vocabulary:
+        # logp = logits - logsumexp(logits), so the chosen token's logprob and the
+        # top-k alternatives (top-k of logits = top-k of logp) need only the [R] lse.
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [R, 1] fp32
         tokens = logits.argmax(dim=-1)  # greedy for every row, replaced below if sampling
         for r, spec in enumerate(specs):
             if not spec.greedy:
                 tokens[r] = self._sample_row(logits[r], spec)
-        chosen = logp.gather(1, tokens[:, None])[:, 0]
+        chosen = (logits.gather(1, tokens[:, None]) - lse)[:, 0]
         k = max(s.top_logprobs for s in specs)
         top_v: list[list[float]] = []
         top_i: list[list[int]] = []
         if k:
-            tv, ti = logp.topk(k, dim=-1)
-            top_v, top_i = tv.tolist(), ti.tolist()
+            tv, ti = logits.topk(k, dim=-1)
+            top_v, top_i = (tv - lse).tolist(), ti.tolist()
         out = []
         for r, (tok, lp) in enumerate(zip(tokens.tolist(), chosen.tolist(), strict=True)):
             n = specs[r].top_logprobs
