@@ -7,18 +7,21 @@ Two phases in one run, on the same machine at the same moment:
 2. **hearth** — one bootstrap and ``procs`` hardened ``_testpeer`` processes that find
    each other by rendezvous, as real nodes do.
 
-In each, once every peer has a mesh of ≥ 4 (or procs − 1), a **warm-up** of ``warmup``
-seconds (default :data:`WARMUP_S`) lets identify, subscriptions, the first heartbeats
-and discovery finish; nothing is measured then except the CPU the idle peers use
-(``idle_cpu_cores``). Then the peers publish **in turn on one even schedule**: message
+In each, once every peer has a mesh of ≥ 4 (or procs − 1), a **warm-up** of at least
+``warmup`` seconds (default :data:`WARMUP_S`), extended while the peers together still
+use more than :data:`IDLE_CORES_PER_PROC` × procs cores (at most :data:`WARMUP_MAX_S`),
+lets identify, subscriptions, the first heartbeats and discovery finish; nothing is
+measured then except the CPU the idle peers use (``idle_cpu_cores``, last second) and
+how long it took (``warmup_s``). Then the peers publish **in turn on one even schedule**: message
 ``k`` leaves peer ``k % procs`` at ``t0 + k / rate`` (wall clock, shared by every
 process on the machine), ``rate`` messages/s in total for ``seconds``. Payloads carry
 their send time; every other peer records publish-to-delivery latency, and *every*
 delivery counts (nothing slow is excluded; stragglers are awaited until all arrive or
 5 s pass without news). Delivery ratio = deliveries / (messages × (procs − 1)).
 ``gossip_cpu_cores`` is the CPU all peers used during the window over its wall time,
-``cpu_ms_per_msg`` the same CPU per published message, ``load_avg_1m`` the machine's
-load when the window opened — a shared 2-core machine turns CPU saturation directly
+``cpu_ms_per_msg`` the same CPU per published message, ``other_cpu_cores`` what every
+other process on the machine used meanwhile (``/proc/stat``; includes the bootstrap and
+this driver), ``load_avg_1m`` the machine's load when the window opened — a shared 2-core machine turns CPU saturation directly
 into latency, so read the latencies with those next to them.
 
 Why the schedule matters: earlier versions had every peer start its own
@@ -47,6 +50,11 @@ __all__ = ["print_table", "run_bench"]
 BENCH_TOPIC = "/hearth/1/bench"
 _MODEL = "be" * 32
 WARMUP_S = 5.0
+"""Minimum warm-up between mesh formation and the measurement window (seconds)."""
+WARMUP_MAX_S = 30.0
+"""The warm-up goes on past WARMUP_S while peers are still busy starting, up to this."""
+IDLE_CORES_PER_PROC = 0.01
+"""'Quiet' for the warm-up: under this CPU per peer process over the last second."""
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -54,6 +62,17 @@ def _pct(values: list[float], q: float) -> float:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all processes, all cores)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / (os.sysconf("SC_CLK_TCK") or 100)
 
 
 def _cpu_total(peers: list[PeerProcess]) -> float:
@@ -78,11 +97,18 @@ def _gossip(
     c0, w0 = _cpu_total(peers), time.perf_counter()
     time.sleep(warmup)
     idle_cores = (_cpu_total(peers) - c0) / max(1e-9, time.perf_counter() - w0)
+    settle_until = time.perf_counter() + WARMUP_MAX_S - warmup
+    while idle_cores > IDLE_CORES_PER_PROC * procs and time.perf_counter() < settle_until:
+        c1, w1 = _cpu_total(peers), time.perf_counter()  # still starting: wait for quiet
+        time.sleep(1.0)
+        idle_cores = (_cpu_total(peers) - c1) / max(1e-9, time.perf_counter() - w1)
+    warmed_s = time.perf_counter() - w0
     count = max(1, int(rate * seconds))
     shares = [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
     # message k goes out at t0 + k / rate from peer k % procs: one every 1/rate s in total
     t0 = time.time() + 0.5
     c0, w0, load = _cpu_total(peers), time.perf_counter(), os.getloadavg()[0]
+    m0 = _machine_busy_s()
     for i, (p, n) in enumerate(zip(peers, shares, strict=True)):
         if n:
             p.send_raw(
@@ -111,7 +137,9 @@ def _gossip(
             break
         time.sleep(0.5)
     busy_cpu = _cpu_total(peers) - c0
-    busy_cores = busy_cpu / max(1e-9, time.perf_counter() - w0)
+    window = max(1e-9, time.perf_counter() - w0)
+    busy_cores = busy_cpu / window
+    other_cores = max(0.0, (_machine_busy_s() - m0 - busy_cpu) / window)
     lat: list[float] = []
     for p in peers:
         lat.extend(p.call("bench_results")["latencies"])
@@ -124,11 +152,12 @@ def _gossip(
             "max": 1000 * max(lat) if lat else float("nan"),
         },
         "mesh_formation_s": mesh_s,
-        "warmup_s": warmup,
+        "warmup_s": warmed_s,
         "idle_cpu_cores": idle_cores,
         "gossip_cpu_cores": busy_cores,
         "cpu_ms_per_msg": 1000 * busy_cpu / count,
         "load_avg_1m": load,
+        "other_cpu_cores": other_cores,
         "rss_mb_per_proc": statistics.fmean(p.call("rss")["rss_mb"] for p in peers),
     }
 
@@ -250,9 +279,14 @@ def print_table(result: dict[str, Any]) -> None:
         get(base, "mesh_formation_s", "{:.2f} s"),
     )
     t.add_row(
-        f"idle CPU in the {get(result, 'warmup_s', '{:.0f}')} s warm-up",
+        "idle CPU at end of warm-up",
         get(result, "idle_cpu_cores", "{:.2f} cores"),
         get(base, "idle_cpu_cores", "{:.2f} cores"),
+    )
+    t.add_row(
+        "warm-up after mesh",
+        get(result, "warmup_s", "{:.1f} s"),
+        get(base, "warmup_s", "{:.1f} s"),
     )
     t.add_row(
         "CPU while gossiping",
@@ -270,6 +304,11 @@ def print_table(result: dict[str, Any]) -> None:
         get(base, "load_avg_1m", "{:.1f}"),
     )
     t.add_row(
+        "CPU used by other processes",
+        get(result, "other_cpu_cores", "{:.2f} cores"),
+        get(base, "other_cpu_cores", "{:.2f} cores"),
+    )
+    t.add_row(
         "RSS per process",
         get(result, "rss_mb_per_proc", "{:.0f} MB"),
         get(base, "rss_mb_per_proc", "{:.0f} MB"),
@@ -278,3 +317,11 @@ def print_table(result: dict[str, Any]) -> None:
     t.add_row("token stream", get(result, "stream_bytes_per_s", "{:,.0f} B/s"), "-")
     t.add_row("token stream", get(result, "stream_tokens_per_s", "{:,.0f} tokens/s"), "-")
     Console().print(t)
+    cores = os.cpu_count() or 1
+    other = [r["other_cpu_cores"] for r in (result, base) if r and "other_cpu_cores" in r]
+    if other and max(other) > 0.25 * cores:
+        Console().print(
+            f"[yellow]note: other processes used up to {max(other):.1f} of {cores} cores "
+            "during a window; latencies then measure CPU queueing more than gossip — "
+            "rerun on a quieter machine.[/yellow]"
+        )
