@@ -188,6 +188,7 @@ class AttentionPlan:
     cos: torch.Tensor  # [N, 1, hd]
     sin: torch.Tensor  # [N, 1, hd]
     decodes: list[tuple[int, int, int]] = field(default_factory=list)  # (row, slot, len)
+    decode_rows: torch.Tensor | None = None  # [Bd] long: the rows of ``decodes``
     prefills: list[PrefillSegment] = field(default_factory=list)
 
 
@@ -234,14 +235,12 @@ class Attention(nn.Module):
         # write every new row into its slot/position: kc[slot, :, pos] = k[row]
         kc[plan.write_slots, :, plan.write_pos] = k.to(kc.dtype)
         vc[plan.write_slots, :, plan.write_pos] = v.to(vc.dtype)
+        if not plan.prefills:  # a pure decode step: rows are the decodes, in order
+            out = self._decode(q, plan, kc, vc).to(x.dtype)  # [N, H*hd]
+            return self.o_proj(out)
         out = torch.empty(n, h * hd, dtype=x.dtype, device=x.device)  # [N, H*hd]
-
-        for row, slot, ln in plan.decodes:
-            qd = q[row].view(1, kvh, g, hd).to(kc.dtype)  # [1, KVH, g, hd]
-            o = F.scaled_dot_product_attention(
-                qd, kc[slot : slot + 1, :, :ln], vc[slot : slot + 1, :, :ln]
-            )  # [1, KVH, g, hd]: the new token sees every cached position, no mask
-            out[row] = o.view(h * hd).to(x.dtype)
+        if plan.decodes:
+            out[plan.decode_rows] = self._decode(q, plan, kc, vc).to(x.dtype)
 
         for seg in plan.prefills:
             t = seg.row1 - seg.row0
@@ -257,6 +256,18 @@ class Attention(nn.Module):
             o = o.view(kvh, t, g, hd).permute(1, 0, 2, 3).reshape(t, h * hd)
             out[seg.row0 : seg.row1] = o.to(x.dtype)
         return self.o_proj(out)
+
+    def _decode(
+        self, q: torch.Tensor, plan: AttentionPlan, kc: torch.Tensor, vc: torch.Tensor
+    ) -> torch.Tensor:
+        """Attention of every decode row over its own cache prefix -> ``[Bd, H*hd]``."""
+        qv = q.view(q.shape[0], self.kvh, self.g, self.hd).to(kc.dtype)  # [N, KVH, g, hd]
+        sdpa = F.scaled_dot_product_attention
+        outs = [  # [1, KVH, g, hd] each: the new token sees every cached position, no mask
+            sdpa(qv[r : r + 1], kc[s : s + 1, :, :ln], vc[s : s + 1, :, :ln])
+            for r, s, ln in plan.decodes
+        ]
+        return torch.cat(outs).view(len(outs), self.h * self.hd)
 
 
 class MLP(nn.Module):

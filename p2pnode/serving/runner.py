@@ -114,6 +114,8 @@ class ModelRunner:
             decodes=decodes,
             prefills=prefills,
         )
+        if decodes and prefills:
+            plan.decode_rows = torch.tensor([d[0] for d in decodes], dtype=torch.long, device=dev)
         return torch.tensor(ids, dtype=torch.long, device=dev), plan, last_rows
 
     # ------------------------------------------------------------------ steps
