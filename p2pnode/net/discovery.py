@@ -91,21 +91,34 @@ class Discovery:
             await self.meet_peers()
             self.net._nursery.start_soon(self._meet_loop)
 
+    def _ordinary_peers(self) -> int:
+        """Connected peers that are not our rendezvous points (bootstraps)."""
+        conns = self.net.host.get_network().connections
+        return sum(1 for p in conns if p not in self._rdv_clients)
+
     async def meet_peers(self) -> int:
-        """Register in ``hearth/peers`` and dial peers found there, up to target_peers."""
+        """Register in ``hearth/peers`` and dial peers found there, up to target_peers.
+
+        The discover query (every registration in the namespace, parsed and stored) is
+        skipped while we already hold ``target_peers`` ordinary connections: its answer
+        would dial nobody, and on a busy machine those rounds — all peers at once, every
+        period of the meet loop — cost more CPU than the gossip they would help.
+        """
         found: dict[ID, PeerInfo] = {}
+        full = self._ordinary_peers() >= self.cfg.target_peers
         for pid, client in list(self._rdv_clients.items()):
             with trio.move_on_after(_QUERY_TIMEOUT):
                 try:
                     await client.register(PEERS_NAMESPACE, _RDV_TTL)
+                    if full:
+                        continue
                     infos, _ = await client.discover(PEERS_NAMESPACE, 100)
                     for info in infos:
                         found.setdefault(info.peer_id, info)
                 except Exception as e:
                     logger.info("rendezvous at %s failed: %r", pid, e)
-        conns = self.net.host.get_network().connections
-        have = sum(1 for p in conns if p not in self._rdv_clients)
-        return await self._dial_some(list(found.values()), self.cfg.target_peers - have)
+        want = self.cfg.target_peers - self._ordinary_peers()
+        return await self._dial_some(list(found.values()), want)
 
     async def _dial_some(self, infos: list[PeerInfo], max_new: int) -> int:
         """Dial up to ``max_new`` of ``infos`` not yet connected; returns successes.
