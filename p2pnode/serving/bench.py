@@ -17,6 +17,7 @@ static batches are not counted).
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import subprocess
@@ -196,6 +197,7 @@ def run_benchmark(
 
     from p2pnode.serving.loader import load_model
 
+    load_before = os.getloadavg()[0]  # the machine may be shared: figures need context
     model = load_model(model_path)
     wl = make_workload(requests, seed, model.config.vocab_size)
     eng = run_engine(
@@ -233,6 +235,7 @@ def run_benchmark(
         result["vllm_tokens_per_s"] = run_vllm(vllm_python, model.hf_dir, wl)
         result["ratio_vs_vllm"] = result["tokens_per_s"] / result["vllm_tokens_per_s"]
     result["peak_rss_mb"] = peak_rss_mb()
+    result["load_avg_1m"] = {"start": load_before, "end": os.getloadavg()[0]}
     return result
 
 
