@@ -257,8 +257,8 @@ class PowerSection:
     )
     tariff: dict[str, Any] = setting(  # noqa: RUF009
         {},
-        "Time-of-use price per kWh: { default = 0.3, periods = [{ start = \"17:00\", "
-        "end = \"21:00\", price = 0.55 }] } or { hourly = [24 prices] }.",
+        'Time-of-use price per kWh: { default = 0.3, periods = [{ start = "17:00", '
+        'end = "21:00", price = 0.55 }] } or { hourly = [24 prices] }.',
     )
     span: dict[str, Any] = setting(  # noqa: RUF009
         {},
