@@ -41,8 +41,7 @@ def main() -> None:
 def _configure_logging() -> None:
     """Warnings and up by default; ``HEARTH_LOG=debug|info|…`` for more.
 
-    py-libp2p logs every failed dial and reset stream of a dead peer at error level;
-    the node handles those itself, so they are shown only when asked for.
+    (py-libp2p's own logger is quieted where it is imported: :mod:`p2pnode.net.host`.)
     """
     import logging
     import os
@@ -52,8 +51,6 @@ def _configure_logging() -> None:
         level=getattr(logging, level, logging.WARNING),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    if not level:
-        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

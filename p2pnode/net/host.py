@@ -27,6 +27,7 @@ What it guarantees (each a py-libp2p 0.8.1 sharp edge, absorbed here):
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -63,6 +64,13 @@ from p2pnode.net.pubsub import (
 __all__ = ["NodeNet", "StreamHandler", "open_node_host"]
 
 logger = logging.getLogger(__name__)
+
+# py-libp2p configures its own "libp2p" logger when imported (level WARNING, no
+# handler, so Python's last-resort handler prints to stderr) and logs every failed
+# dial of a dead peer at error level. This layer handles those failures itself; they
+# are shown only when asked for with HEARTH_LOG (e.g. HEARTH_LOG=debug).
+if not os.environ.get("HEARTH_LOG"):
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
 StreamHandler = Callable[[FramedStream], Awaitable[None]]
 """An application stream handler: gets a running FramedStream, may raise anything."""
