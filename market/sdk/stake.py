@@ -3,7 +3,8 @@
 A bid names a peer id and an Ethereum address. It counts only if the registry says
 that address is an active (staked, not unbonding below the minimum) provider *and*
 registered that very peer id — so a thousand fresh peer ids cost a thousand stakes.
-Answers are cached for ``ttl_s`` so the chain is read once per provider, not per bid.
+Answers are cached for ``ttl_s`` (stake changes slowly: unbonding takes days), so the
+chain is read once per provider, not per bid.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class StakeCheck:
         self,
         lookup: Callable[[str, bytes], bool],
         *,
-        ttl_s: float = 60.0,
+        ttl_s: float = 600.0,
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self._lookup = lookup

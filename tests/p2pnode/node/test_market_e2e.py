@@ -29,7 +29,9 @@ MODEL = "SmolLM2-135M-Instruct"
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMarket]:
     m = LocalMarket(
         tmp_path_factory.mktemp("market"),
-        node_extra="[market]\nchunk_tokens = 4\n",
+        # Small chunks; a bid window long enough that every live node's bid is in, so a
+        # runner-up exists when a test kills or sheds the provider serving a job.
+        node_extra="[market]\nchunk_tokens = 4\nbid_window_ms = 1500\n",
         # A shed node finishes here only what ends within 0.5 s; the rest goes elsewhere.
         power_extra="governor = { drain_finish_s = 0.5 }",
     )
