@@ -120,13 +120,7 @@ def run_bench_market(
     workdir = Path(tempfile.mkdtemp(prefix="hearth-bench-market-"))
     market = LocalMarket(workdir)
     try:
-        market.start_chain()
-        market.add_identity("buyer", provider=False)
-        market.start_bootstrap()
-        names = [f"node{i}" for i in range(nodes)]
-        for name in names:
-            market.add_identity(name, provider=True)
-        market.wait_serving([market.start_node(n) for n in names], timeout_s=60 + 20 * nodes)
+        market.stand_up([f"node{i}" for i in range(nodes)], timeout_s=60 + 20 * nodes)
         local = trio.run(_local_ttft, min(jobs, 20), max_tokens)
         m = trio.run(_market, market, jobs, max_tokens, concurrency)
     finally:

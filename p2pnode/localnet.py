@@ -208,6 +208,15 @@ port = 0
                 raise RuntimeError(f"nodes {[p.name for p in pending]} did not start in time")
             time.sleep(0.2)
 
+    def stand_up(self, homeowners: list[str] | tuple[str, ...], timeout_s: float = 180.0) -> None:
+        """Chain, a funded buyer ("buyer"), a bootstrap and ``homeowners`` serving."""
+        self.start_chain()
+        self.add_identity("buyer", provider=False)
+        self.start_bootstrap()
+        for name in homeowners:
+            self.add_identity(name, provider=True)
+        self.wait_serving([self.start_node(n) for n in homeowners], timeout_s=timeout_s)
+
     def node(self, name: str) -> NodeProc:
         return next(p for p in self.procs if p.name == name)
 

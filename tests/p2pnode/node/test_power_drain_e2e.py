@@ -26,12 +26,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMarket]:
         power_extra="governor = { drain_finish_s = 0.5 }",
     )
     try:
-        m.start_chain()
-        m.add_identity("buyer", provider=False)
-        m.start_bootstrap()
-        for name in HOMEOWNERS:
-            m.add_identity(name, provider=True)
-        m.wait_serving([m.start_node(n) for n in HOMEOWNERS])
+        m.stand_up(HOMEOWNERS)
         yield m
     finally:
         m.stop()
