@@ -6,13 +6,20 @@ a provider's signed result commitment to a verifier, and a relaying peer can nev
 put words in another's mouth. On a direct stream the envelope's sender must also be
 the peer at the other end of the (Noise-authenticated) connection.
 
-Two stream protocols:
+Four stream protocols:
 
-* ``/hearth/bid/1`` — provider → buyer: one Bid or Decline, then END.
-* ``/hearth/job/1`` — buyer → provider: Award; provider answers Accept (or Error);
-  buyer sends Prompt; provider streams TokenChunk / Heartbeat frames while the buyer
-  sends Voucher frames back; the provider closes with EndOfStream. Either side may
-  send Cancel or Error.
+* ``/hearth/rfq/1`` — buyer → provider: the buyer asks a provider it knows from its
+  offer directly (the fast path): Rfq; the provider answers one Bid or Decline on the
+  same stream. The winner's stream then goes on as a job stream (Award, Prompt, …);
+  the others are ended by the buyer (their bids stay open for a failover).
+* ``/hearth/bid/1`` — provider → buyer: the answer to an RFQ seen on gossip: one Bid
+  or Decline, then END.
+* ``/hearth/offer/1`` — buyer → provider: the provider answers with its current
+  signed Offer, then END (a buyer that joins or rejoins need not wait for gossip).
+* ``/hearth/job/1`` — buyer → provider: Award and, right behind it, Prompt; the
+  provider answers Accept (or Error) and streams TokenChunk / Heartbeat frames while
+  the buyer sends Voucher frames back; the provider closes with EndOfStream. Either
+  side may send Cancel or Error.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from p2pnode.net.framing import FramedStream
 __all__ = [
     "BID_PROTOCOL",
     "JOB_PROTOCOL",
+    "OFFER_PROTOCOL",
+    "RFQ_PROTOCOL",
     "now_ms",
     "open_sealed",
     "receive_message",
@@ -36,6 +45,8 @@ __all__ = [
 
 BID_PROTOCOL = "/hearth/bid/1"
 JOB_PROTOCOL = "/hearth/job/1"
+RFQ_PROTOCOL = "/hearth/rfq/1"
+OFFER_PROTOCOL = "/hearth/offer/1"
 
 
 def now_ms() -> int:

@@ -3,18 +3,25 @@
 Stands up a :class:`~p2pnode.localnet.LocalMarket` with ``nodes`` homeowner processes,
 then:
 
-* **baseline** — the same engine (SmolLM2-135M on the CPU) loaded in this process,
-  time to first token of each benchmark prompt called locally, one at a time;
-* **market** — ``jobs`` jobs through the market (``concurrency`` at a time), each timed
-  from ``generate()`` to the award (the provider's Accept) and to the first token.
+* **baseline** — the same engine (SmolLM2-135M on the CPU) configured as in a node
+  (``max_batch``, one warm-up generation) in a process with the nodes' environment
+  (one torch thread each), time to first token of each benchmark prompt, one at a time;
+* **market** — ``jobs`` jobs through the market (``concurrency`` at a time, one by
+  default, like the baseline), each timed from ``generate()`` to the award (the
+  provider's Accept) and to the first token.
 
 The market's overhead is its time to first token minus the local one (p50 and p95
-of each, measured in the same run on the same machine).
+of each, measured in the same run on the same machine). With ``concurrency`` > 1
+the nodes' engines share the machine's cores, so the overhead then also holds the
+slowdown of every engine under load, not only the market's own work.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -46,7 +53,8 @@ async def _local_ttft(samples: int, max_tokens: int) -> list[float]:
 
     model = await trio.to_thread.run_sync(load_model, None)
     out = []
-    async with Engine(model, max_batch=8) as engine:
+    async with Engine(model, max_batch=8) as engine:  # as a node with capacity <= 8 has it
+        await engine.complete(GenerationRequest(prompt="Hello", max_tokens=2, temperature=0.0))
         for i in range(samples):
             request = GenerationRequest(
                 messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
@@ -113,15 +121,30 @@ async def _market(
     }
 
 
+def _local_in_node_env(market: LocalMarket, samples: int, max_tokens: int) -> list[float]:
+    """The baseline, run in a child process with the environment the nodes have."""
+    done = subprocess.run(
+        [sys.executable, "-m", "p2pnode.bench_market", str(samples), str(max_tokens)],
+        env=market.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the local baseline failed:\n{done.stderr[-2000:]}")
+    return [float(x) for x in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 def run_bench_market(
-    *, nodes: int = 10, jobs: int = 200, max_tokens: int = 16, concurrency: int = 4
+    *, nodes: int = 10, jobs: int = 200, max_tokens: int = 16, concurrency: int = 1
 ) -> dict[str, Any]:
     """Run the benchmark; returns the figures (see the module docstring)."""
     workdir = Path(tempfile.mkdtemp(prefix="hearth-bench-market-"))
     market = LocalMarket(workdir)
     try:
         market.stand_up([f"node{i}" for i in range(nodes)], timeout_s=60 + 20 * nodes)
-        local = trio.run(_local_ttft, min(jobs, 20), max_tokens)
+        local = _local_in_node_env(market, min(jobs, 20), max_tokens)
         m = trio.run(_market, market, jobs, max_tokens, concurrency)
     finally:
         market.stop()
@@ -130,6 +153,7 @@ def run_bench_market(
     return {
         "nodes": nodes,
         "jobs": jobs,
+        "concurrency": concurrency,
         "jobs_completed": len(awards),
         "jobs_failed": m["failures"],
         "jobs_per_s": round(len(awards) / m["wall"], 2) if m["wall"] else 0.0,
@@ -143,3 +167,7 @@ def run_bench_market(
         "failovers": m["failovers"],
         "mean_award_ms": round(statistics.fmean(awards), 1) if awards else None,
     }
+
+
+if __name__ == "__main__":  # the baseline's child process: prints its TTFTs (ms) as JSON
+    print(json.dumps(trio.run(_local_ttft, int(sys.argv[1]), int(sys.argv[2]))))

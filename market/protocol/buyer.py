@@ -5,7 +5,8 @@ returned actions; call ``handle(DeadlinePassed(), now)`` whenever
 ``now >= next_deadline()``. It never reads a clock, never does I/O, and all its
 transitions sit in one table (:data:`BuyerJob.TABLE`)::
 
-    IDLE ──JobSubmitted──▶ COLLECTING ──enough bids / window over──▶ AWARDING
+    IDLE ──JobSubmitted──▶ COLLECTING ──enough bids / all asked answered / window over──▶
+        AWARDING (award and prompt go out together, to the winner only)
     AWARDING ──Accept──▶ STREAMING ──chunks… EndOfStream (commitment ok)──▶ DONE
     COLLECTING ──window over, no bid──▶ BACKOFF ──▶ COLLECTING (next round) … ▶ FAILED
     AWARDING / STREAMING ──refusal, accept timeout, silence, error, bad chunk──▶
@@ -68,6 +69,7 @@ from market.protocol.events import (
     JobSubmitted,
     PeerDisconnected,
     PeerEvent,
+    RfqDelivered,
 )
 from market.protocol.messages import Award, Bid, Cancel, ErrorCode, Prompt, Rfq, cost_of
 from market.protocol.outcomes import BuyerFailure, BuyerOutcome, DeclineNote, Segment
@@ -141,6 +143,8 @@ class BuyerJob:
     TABLE: ClassVar[dict[tuple[BuyerState, type[Event]], _Handler]]
     __slots__ = (
         "_abandoned",
+        "_answered",
+        "_asked",
         "_awarded_at",
         "_bids",
         "_declines",
@@ -200,6 +204,8 @@ class BuyerJob:
         self._delivered: list[int] = []
         self._bids = 0
         self._round = 0
+        self._asked: int | None = None  # providers asked directly this round (None: gossip)
+        self._answered: set[str] = set()  # who answered this round
         self._failovers = 0
         self._awarded_at: float | None = None
 
@@ -262,9 +268,19 @@ class BuyerJob:
         self._pool[who] = (bid, ev.region)
         self._declines.pop(who, None)
         self._bids += 1
-        if self.state is BuyerState.COLLECTING and len(self._pool) >= self.config.enough_bids:
+        self._answered.add(who)
+        if self.state is BuyerState.COLLECTING and (
+            len(self._pool) >= self.config.enough_bids or self._all_answered()
+        ):
             return self._award_next(now)
         return []
+
+    def _on_rfq_delivered(self, ev: RfqDelivered, now: float) -> list[Action]:
+        self._asked = ev.asked
+        return self._award_next(now) if self._all_answered() else []
+
+    def _all_answered(self) -> bool:
+        return self._asked is not None and len(self._answered) >= self._asked
 
     def _on_decline(self, ev: DeclineReceived, now: float) -> list[Action]:
         d = ev.decline
@@ -274,6 +290,9 @@ class BuyerJob:
             self._declines[ev.sender] = DeclineNote(
                 provider=ev.sender, reason=d.reason, detail=d.detail
             )
+        self._answered.add(ev.sender)
+        if self.state is BuyerState.COLLECTING and self._all_answered():
+            return self._award_next(now)
         return []
 
     def _on_accept(self, ev: AcceptReceived, now: float) -> list[Action]:
@@ -286,10 +305,7 @@ class BuyerJob:
             self._awarded_at = now
         self.state = BuyerState.STREAMING
         self._timer = now + self.config.silence_timeout_s
-        prompt = self.prompt
-        if self._delivered:
-            prompt = dataclasses.replace(prompt, resume_token_ids=tuple(self._delivered))
-        return [SendPrompt(to=ev.sender, message=prompt)]
+        return []  # the prompt went out with the award
 
     def _on_chunk(self, ev: ChunkReceived, now: float) -> list[Action]:
         a = self.active
@@ -414,6 +430,8 @@ class BuyerJob:
 
     def _publish(self, now: float) -> list[Action]:
         self._round += 1
+        self._asked = None
+        self._answered = set()
         self.state = BuyerState.COLLECTING
         self._timer = now + self.rfq.bid_window_ms / 1000.0
         return [Publish(rfq=self.rfq)]
@@ -439,7 +457,15 @@ class BuyerJob:
             max_tokens=self.rfq.max_tokens,
             resume_offset=offset,
         )
-        return [SendAward(to=bid.provider, message=award)]
+        # The prompt follows the award at once (one round trip less before the first
+        # token); it goes to the winner only, and a winner that refuses is left.
+        prompt = self.prompt
+        if self._delivered:
+            prompt = dataclasses.replace(prompt, resume_token_ids=tuple(self._delivered))
+        return [
+            SendAward(to=bid.provider, message=award),
+            SendPrompt(to=bid.provider, message=prompt),
+        ]
 
     def _next_round(self, now: float) -> list[Action]:
         if self._round >= self.config.max_rounds:
@@ -550,6 +576,9 @@ def _table() -> dict[tuple[BuyerState, type[Event]], _Handler]:
             t[(s, ev)] = B._stray
         t[(s, ErrorReceived)] = B._on_provider_error
         t[(s, CancelReceived)] = B._on_provider_error
+    t[(S.COLLECTING, RfqDelivered)] = B._on_rfq_delivered
+    for s in (S.BACKOFF, S.AWARDING, S.STREAMING):
+        t[(s, RfqDelivered)] = B._ignore  # the round it counted for is over
     t[(S.AWARDING, AcceptReceived)] = B._on_accept
     t[(S.STREAMING, ChunkReceived)] = B._on_chunk
     t[(S.STREAMING, EndReceived)] = B._on_end
@@ -566,6 +595,7 @@ def _table() -> dict[tuple[BuyerState, type[Event]], _Handler]:
             CancelReceived,
             DeadlinePassed,
             PeerDisconnected,
+            RfqDelivered,
         ):
             t[(s, late)] = B._ignore
     return t

@@ -58,6 +58,7 @@ __all__ = [
     "PeerDisconnected",
     "PeerEvent",
     "PromptReceived",
+    "RfqDelivered",
     "RfqReceived",
     "TokensGenerated",
     "VoucherReceived",
@@ -98,6 +99,21 @@ class PeerEvent(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobSubmitted(Event):
     """The buyer's user asked for the job to start (publishes the RFQ)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RfqDelivered(Event):
+    """The round's RFQ went straight to ``asked`` known providers (not over gossip).
+
+    Once each of them has answered (bid or decline) the bid window closes early:
+    nobody else was asked, so waiting longer cannot bring another bid.
+    """
+
+    asked: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.asked, int) or self.asked < 1:
+            raise LocalProtocolError("RfqDelivered.asked must be an int >= 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

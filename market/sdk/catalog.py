@@ -38,6 +38,11 @@ class Catalog:
             del self._offers[peer]
         return [o for o, _ in self._offers.values()]
 
+    def has(self, provider: str, now: float) -> bool:
+        """True when ``provider``'s offer is live."""
+        entry = self._offers.get(provider)
+        return entry is not None and entry[1] > now
+
     def provider_count(self, now: float) -> int:
         """How many providers have a live offer."""
         return len(self._live(now))
@@ -64,6 +69,21 @@ class Catalog:
             for mid, ms in seen.items()
         ]
         return sorted(out, key=lambda m: (m.name, m.model_id))
+
+    def candidates(self, model_id: str, now: float) -> list[Offer]:
+        """Live offers of ``model_id`` from providers taking work, best first.
+
+        Best = cheapest for this model, then least loaded: whom a buyer asks first.
+        """
+        found = []
+        for offer in self._live(now):
+            if offer.power_state in ("draining", "off"):
+                continue
+            prices = [m.price_per_1k for m in offer.models if m.model_id == model_id]
+            if prices:
+                found.append((min(prices), offer.load, offer))
+        found.sort(key=lambda t: (t[0], t[1]))
+        return [offer for _, _, offer in found]
 
     def resolve(self, model: str, now: float) -> str | None:
         """A model's content address from its name or address (``None``: not offered)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ from market.protocol.events import (
     HeartbeatReceived,
     JobSubmitted,
     PeerDisconnected,
+    RfqDelivered,
 )
 from market.protocol.outcomes import BuyerFailure, BuyerOutcome
 from market.protocol.payments import BuyerWallet
@@ -90,6 +92,8 @@ from market.sdk.types import (
 from market.streams import (
     BID_PROTOCOL,
     JOB_PROTOCOL,
+    OFFER_PROTOCOL,
+    RFQ_PROTOCOL,
     open_sealed,
     receive_message,
     sealed,
@@ -118,6 +122,7 @@ class ClientConfig:
 
     max_price_per_1k: int | None = None  # None: twice the cheapest offer seen for the model
     bid_window_ms: int = 400
+    direct_rfq: int = 4  # round 1 asks this many known providers straight (0: gossip only)
     region: str = ""
     machine: BuyerConfig = field(default_factory=BuyerConfig)
     discovery_wait_s: float = 10.0  # how long generate() waits for a model's first offer
@@ -186,6 +191,7 @@ class Client:
         self.stake_check = stake_check
         self._ledger_limiter = trio.CapacityLimiter(1)  # one thread at a time per connection
         self.unstaked_bids = 0
+        self.rfq_rounds: Counter[str] = Counter()  # RFQ rounds put out, "direct" / "gossip"
         self.key = key
         self.wallet = wallet
         self.config = config
@@ -311,24 +317,34 @@ class Client:
         return _result(outcome, model_id, prompt_tokens, run)
 
     # ----------------------------------------------------------------- network input
-    async def _on_bid_stream(self, fs: FramedStream) -> None:
-        message = await receive_message(fs, self._guard, timeout=5)
+    async def _bid_event(self, peer: str, message: object) -> Event | None:
+        """``peer``'s answer to an RFQ as an event for the job (``None``: not to be routed).
+
+        Only staked providers' bids count (Sybil resistance); a provider streaming
+        another of our jobs is not awarded a second one.
+        """
         if isinstance(message, Bid):
             if self.stake_check is not None and not await self.stake_check(
-                fs.peer_id, message.provider_address
+                peer, message.provider_address
             ):
-                self.unstaked_bids += 1  # Sybil resistance: no stake, no award
-                return
+                self.unstaked_bids += 1
+                return None
             event: Event = BidReceived(
-                sender=fs.peer_id, bid=message, region=self.catalog.region_of(fs.peer_id)
+                sender=peer, bid=message, region=self.catalog.region_of(peer)
             )
         elif isinstance(message, Decline):
-            event = DeclineReceived(sender=fs.peer_id, decline=message)
+            event = DeclineReceived(sender=peer, decline=message)
         else:
-            raise RemoteProtocolError(f"unexpected {type(message).__name__} on {BID_PROTOCOL}")
+            raise RemoteProtocolError(f"expected a Bid or Decline, got {type(message).__name__}")
+        busy_with = self._busy.get(peer)
+        return event if busy_with is None or busy_with == message.job_id else None
+
+    async def _on_bid_stream(self, fs: FramedStream) -> None:
+        message = await receive_message(fs, self._guard, timeout=5)
+        event = await self._bid_event(fs.peer_id, message)
+        assert isinstance(message, Bid | Decline)
         route = self._jobs.get(message.job_id)
-        busy_with = self._busy.get(fs.peer_id)
-        if route is not None and (busy_with is None or busy_with == message.job_id):
+        if route is not None and event is not None:
             route.send_nowait(event)
 
     async def _watch_offers(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
@@ -338,8 +354,44 @@ class Client:
             except RemoteProtocolError:
                 continue  # the topic check already scored the publisher down
             if isinstance(offer, Offer) and offer.provider == sender:
-                self.catalog.add(offer, trio.current_time())
-                self._offers_seen.set()
+                self._add_offer(offer)
+
+    def _add_offer(self, offer: Offer) -> None:
+        self.catalog.add(offer, trio.current_time())
+        self._offers_seen.set()
+        if self.stake_check is not None:  # read the registry now, not mid-auction
+            self._nursery.start_soon(self.stake_check.warm, offer.provider, offer.provider_address)
+
+    async def _pull_offers(self, interval_s: float = 2.0) -> None:
+        """Ask each connected peer with no live offer for its own, every ``interval_s``.
+
+        Gossip alone can leave a buyer blind for a while (a peer that rejoins under the
+        same id can be missed by a publisher's fanout), and a new buyer should not wait
+        a whole offer interval. Peers that do not serve ``/hearth/offer/1``
+        (bootstraps, other buyers) are left alone for a minute.
+        """
+        not_providers: dict[str, float] = {}
+        while True:
+            now = trio.current_time()
+            ask = [
+                p
+                for p in self.net.connected_peers()
+                if not self.catalog.has(p, now) and not_providers.get(p, 0.0) <= now
+            ]
+            async with trio.open_nursery() as nursery:
+                for peer in ask[:16]:
+                    nursery.start_soon(self._pull_offer, peer, not_providers)
+            await trio.sleep(interval_s)
+
+    async def _pull_offer(self, peer: str, not_providers: dict[str, float]) -> None:
+        offer: object = None
+        with trio.move_on_after(3), suppress(NetError, RemoteProtocolError):
+            async with self.net.open_stream(peer, OFFER_PROTOCOL, timeout=2) as fs:
+                offer = await receive_message(fs, timeout=2)
+        if isinstance(offer, Offer) and offer.provider == peer:
+            self._add_offer(offer)
+        else:
+            not_providers[peer] = trio.current_time() + 60.0
 
 
 class _JobRun:
@@ -351,6 +403,11 @@ class _JobRun:
         self.out = out
         self.events_in, self.events = trio.open_memory_channel[Event](math.inf)
         self.streams: dict[str, FramedStream] = {}
+        # Messages for a provider whose job stream is still opening (award, prompt…).
+        self.pending: dict[str, list[Any]] = {}
+        # Direct RFQ streams of bidders, kept open so the winner's carries its award.
+        self.held: dict[str, tuple[FramedStream, trio.Event]] = {}
+        self.rounds = 0
         self.outcome: BuyerOutcome | None = None
         self.started_at = trio.current_time()
         self.first_token_at: float | None = None
@@ -367,8 +424,15 @@ class _JobRun:
                 with trio.move_on_at(deadline if deadline is not None else math.inf):
                     event = await self.events.receive()
                 await self._apply(self.job.handle(event, trio.current_time()))
+            self._release(except_peer=None)
             nursery.cancel_scope.cancel()
         return self.outcome
+
+    def _release(self, except_peer: str | None) -> None:
+        """End the held direct RFQ streams (all but ``except_peer``'s)."""
+        for peer, (_, released) in list(self.held.items()):
+            if peer != except_peer:
+                released.set()
 
     async def _cancel_on(self, cancel: trio.Event) -> None:
         await cancel.wait()
@@ -377,6 +441,8 @@ class _JobRun:
     async def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, SendAward):
+                self.pending[action.to] = [action.message]
+                self._release(except_peer=action.to)
                 self.nursery.start_soon(self._provider_session, action)
             elif isinstance(action, Send):
                 await self._send(action)
@@ -404,14 +470,66 @@ class _JobRun:
                             await fs.send_end()
 
     async def _publish(self, rfq: Rfq) -> None:
-        net = self.client.net
+        """Put the RFQ out: straight to the best known providers first, else on gossip.
+
+        The first round asks up to ``direct_rfq`` providers whose live offers name the
+        model and to whom we are connected, on ``/hearth/rfq/1`` (no gossip hop, no
+        stream back); later rounds, and markets we know nothing of yet, use the
+        model's gossip topic so every provider hears it.
+        """
+        client = self.client
+        self.rounds += 1
+        data = sealed(rfq, client.key)
+        peers = self._direct_candidates(rfq.model_id) if self.rounds == 1 else []
+        if peers:
+            client.rfq_rounds["direct"] += 1
+            for peer in peers:
+                self.nursery.start_soon(self._ask, peer, data)
+            self.events_in.send_nowait(RfqDelivered(asked=len(peers)))
+            return
+        client.rfq_rounds["gossip"] += 1
+        net = client.net
         topic = rfq_topic(rfq.model_id)
         if net.topic_peers(topic) == 0:
             with trio.move_on_after(3):
                 await net.connect_providers(rfq.model_id)
         # On failure the machine's bid window runs out and it retries or reports no bids.
         with suppress(NetError):
-            await net.publish(topic, sealed(rfq, self.client.key))
+            await net.publish(topic, data)
+
+    def _direct_candidates(self, model_id: str) -> list[str]:
+        client = self.client
+        connected = set(client.net.connected_peers())
+        out: list[str] = []
+        for offer in client.catalog.candidates(model_id, trio.current_time()):
+            if len(out) >= client.config.direct_rfq:
+                break
+            if offer.provider in connected and offer.provider not in client._busy:
+                out.append(offer.provider)
+        return out
+
+    async def _ask(self, peer: str, data: bytes) -> None:
+        """One direct RFQ: send it, turn the answer into an event, hold a bidder's stream."""
+        client = self.client
+        window = max(1.0, self.job.rfq.bid_window_ms / 1000.0)
+        try:
+            async with client.net.open_stream(peer, RFQ_PROTOCOL, timeout=window) as fs:
+                await fs.send(data)
+                message = await receive_message(fs, client._guard, timeout=window)
+                event = await client._bid_event(peer, message)
+                if event is None:
+                    return
+                if isinstance(event, BidReceived):
+                    released = trio.Event()
+                    self.held[peer] = (fs, released)
+                    self.events_in.send_nowait(event)
+                    await released.wait()
+                else:
+                    self.events_in.send_nowait(event)
+        except (NetError, RemoteProtocolError) as exc:
+            client.reputation.note_failure(peer, str(exc))
+        finally:
+            self.held.pop(peer, None)
 
     async def _send(self, action: Send) -> None:
         ledger = self.client.ledger
@@ -420,6 +538,10 @@ class _JobRun:
             await trio.to_thread.run_sync(
                 record, ledger, action.message, limiter=self.client._ledger_limiter
             )
+        queued = self.pending.get(action.to)
+        if queued is not None:
+            queued.append(action.message)  # the stream is still opening: it sends these first
+            return
         fs = self.streams.get(action.to)
         if fs is None:
             return  # the session is already gone; its PeerDisconnected is on the way
@@ -429,33 +551,51 @@ class _JobRun:
             self.events_in.send_nowait(PeerDisconnected(peer=action.to))
 
     async def _provider_session(self, award: SendAward) -> None:
-        """Open the job stream, send the award, turn what comes back into events."""
+        """Carry the award to its provider and turn what comes back into events.
+
+        The award travels on the winner's held direct RFQ stream when there is one,
+        else on a new job stream.
+        """
         peer = award.to
         net = self.client.net
+        held = self.held.get(peer)
         try:
             if self.client._busy.setdefault(peer, self.job.job_id) != self.job.job_id:
                 raise NetError(f"{peer} is already streaming another of our jobs")
-            async with net.open_stream(peer, JOB_PROTOCOL, timeout=5) as fs:
-                net.protect(peer)
-                self.streams[peer] = fs
-                await send_message(fs, award.message, self.client.key)
-                while True:
-                    message = await receive_message(fs, self.client._guard)
-                    if message is None:
-                        break
-                    make = _PEER_EVENTS.get(type(message))
-                    if make is None:
-                        raise RemoteProtocolError(f"unexpected {type(message).__name__}")
-                    self.events_in.send_nowait(make(peer, message))
+            net.protect(peer)
+            if held is not None:
+                fs, released = held
+                try:
+                    await self._converse(peer, fs)
+                finally:
+                    released.set()
+            else:
+                async with net.open_stream(peer, JOB_PROTOCOL, timeout=5) as fs:
+                    await self._converse(peer, fs)
         except (NetError, RemoteProtocolError) as exc:
             self.client.reputation.note_failure(peer, str(exc))
         finally:
+            self.pending.pop(peer, None)
             self.streams.pop(peer, None)
             if self.client._busy.get(peer) == self.job.job_id:
                 del self.client._busy[peer]
             net.unprotect(peer)
         if self.outcome is None:
             self.events_in.send_nowait(PeerDisconnected(peer=peer))
+
+    async def _converse(self, peer: str, fs: FramedStream) -> None:
+        queued = self.pending.pop(peer, [])
+        self.streams[peer] = fs
+        for message in queued:
+            await send_message(fs, message, self.client.key)
+        while True:
+            message = await receive_message(fs, self.client._guard)
+            if message is None:
+                return
+            make = _PEER_EVENTS.get(type(message))
+            if make is None:
+                raise RemoteProtocolError(f"unexpected {type(message).__name__}")
+            self.events_in.send_nowait(make(peer, message))
 
 
 def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobRun) -> Result:
@@ -522,6 +662,7 @@ async def open_client(
         net.set_handler(BID_PROTOCOL, client._on_bid_stream)
         offers = await net.subscribe(offers_topic(), check=_offer_check)
         nursery.start_soon(client._watch_offers, offers)
+        nursery.start_soon(client._pull_offers)
         try:
             yield client
         finally:

@@ -103,6 +103,7 @@ async def open_buyer_client(setup: BuyerSetup, **config: Any) -> AsyncIterator[A
 
     from market.ledger import Ledger
     from market.sdk.client import ClientConfig, open_client
+    from market.sdk.stake import StakeCheck
     from p2pnode.net import open_node_host
 
     dep = setup.deployment
@@ -113,9 +114,18 @@ async def open_buyer_client(setup: BuyerSetup, **config: Any) -> AsyncIterator[A
     held = ledger.vouchers()
     wallet = await trio.to_thread.run_sync(_wallet, client, dep, ident, held)
     cc = ClientConfig(bid_window_ms=setup.bid_window_ms, **config)
+    # Only staked providers win (Sybil resistance): the registry is read once per provider.
+    stake = StakeCheck.from_registry(dep.registry(client))
     async with (
         open_node_host(ident.libp2p_keypair(), setup.net) as net,
-        open_client(net=net, key=ident.signing_key(), wallet=wallet, config=cc, ledger=ledger) as c,
+        open_client(
+            net=net,
+            key=ident.signing_key(),
+            wallet=wallet,
+            config=cc,
+            ledger=ledger,
+            stake_check=stake,
+        ) as c,
     ):
         yield c
 

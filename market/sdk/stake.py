@@ -34,21 +34,34 @@ class StakeCheck:
         self.ttl_s = ttl_s
         self._limiter = limiter or trio.CapacityLimiter(1)
         self._cache: dict[tuple[str, bytes], tuple[bool, float]] = {}
+        self._reading: dict[tuple[str, bytes], trio.Event] = {}
 
     async def __call__(self, peer_id: str, address: bytes) -> bool:
         key = (peer_id, address)
-        hit = self._cache.get(key)
-        now = trio.current_time()
-        if hit is not None and now - hit[1] < self.ttl_s:
-            return hit[0]
+        while True:
+            hit = self._cache.get(key)
+            if hit is not None and trio.current_time() - hit[1] < self.ttl_s:
+                return hit[0]
+            running = self._reading.get(key)
+            if running is None:
+                break
+            await running.wait()  # someone is reading this very pair: share its answer
+        done = self._reading[key] = trio.Event()
         try:
             ok = await trio.to_thread.run_sync(
                 self._lookup, peer_id, address, limiter=self._limiter
             )
         except Exception:  # unreachable chain or bad answer: no proof of stake
             ok = False
-        self._cache[key] = (ok, now)
+        finally:
+            del self._reading[key]
+            done.set()
+        self._cache[key] = (ok, trio.current_time())
         return ok
+
+    async def warm(self, peer_id: str, address: bytes) -> None:
+        """Read the pair's stake ahead of its first bid (a no-op when already known)."""
+        await self(peer_id, address)
 
     @classmethod
     def from_registry(cls, registry: object, **kwargs: object) -> StakeCheck:

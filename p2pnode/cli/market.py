@@ -379,10 +379,17 @@ def bench_market(
     nodes: Annotated[int, typer.Option(min=1, max=32)] = 10,
     jobs: Annotated[int, typer.Option(min=1, max=10_000)] = 200,
     max_tokens: Annotated[int, typer.Option(min=1, max=256)] = 16,
-    concurrency: Annotated[int, typer.Option(min=1, max=64)] = 4,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=64, help="jobs in flight at once (1: as the baseline)")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Submit → award latency, TTFT overhead vs the local engine, jobs/s, failovers."""
+    """Submit → award latency, TTFT overhead vs the local engine, jobs/s, failovers.
+
+    The baseline is the same engine in a process set up like a node's, one request at
+    a time; with --concurrency above 1 the overhead also holds the engines' slowdown
+    under load (they share this machine's cores).
+    """
     from p2pnode.bench_market import run_bench_market
 
     started = time.monotonic()

@@ -66,6 +66,7 @@ from market.protocol.signing import SigningKey
 from market.streams import (
     BID_PROTOCOL,
     JOB_PROTOCOL,
+    RFQ_PROTOCOL,
     open_sealed,
     receive_message,
     send_message,
@@ -198,6 +199,7 @@ class ProviderService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Subscribe to the model's RFQ topic and serve until cancelled."""
         self.net.set_handler(JOB_PROTOCOL, self._on_job_stream)
+        self.net.set_handler(RFQ_PROTOCOL, self._on_rfq_stream)
         rfqs = await self.net.subscribe(rfq_topic(self.model_id), check=_rfq_check)
         await self.net.provide(self.model_id)
         task_status.started()
@@ -208,11 +210,35 @@ class ProviderService:
 
     # ------------------------------------------------------------------ RFQs
     async def _on_rfq(self, msg: GossipMessage) -> None:
+        """An RFQ over gossip: answer on a new bid stream to the buyer."""
         try:
             rfq, _ = open_sealed(msg.data, self._guard)
         except RemoteProtocolError:
             return  # a replay of a message already handled, or expired in flight
         assert isinstance(rfq, Rfq)
+        await self._answer(await self._quote(rfq))
+
+    async def _on_rfq_stream(self, fs: FramedStream) -> None:
+        """An RFQ straight from a buyer: answer on the same stream and wait for the award.
+
+        A buyer that picks someone else ends the stream; the bid stays open (a failover
+        may still award it on a job stream) until it expires.
+        """
+        rfq = await receive_message(fs, self._guard, timeout=10)
+        if not isinstance(rfq, Rfq) or rfq.buyer != fs.peer_id:
+            raise RemoteProtocolError(f"{RFQ_PROTOCOL} opens with the sender's own Rfq")
+        answer = await self._quote(rfq)
+        await send_message(fs, answer.message, self.key)
+        if isinstance(answer, SendBid):
+            try:
+                award = await receive_message(fs, self._guard, timeout=self.config.bid_ttl_s)
+            except NetError:
+                return  # the buyer went away or picked someone else: the bid stays open
+            if award is not None:
+                await self._serve(fs, award)
+
+    async def _quote(self, rfq: Rfq) -> SendBid | SendDecline:
+        """Run the bid policy on ``rfq``: the bid (remembered until awarded) or a decline."""
         self.stats.rfqs_seen += 1
         if self._refresh_deposit is not None:
             with suppress(Exception):  # unreachable chain: vouchers are checked again later
@@ -225,15 +251,14 @@ class ProviderService:
             config=self.config,
         )
         actions = job.handle(RfqReceived(rfq=rfq, status=self.status()), trio.current_time())
-        for action in actions:
-            if isinstance(action, SendBid | SendDecline):
-                if isinstance(action, SendBid):
-                    self.stats.bids += 1
-                    self._bids[rfq.job_id] = job
-                else:
-                    self.stats.declines += 1
-                    self.stats.declines_by_reason[action.message.reason.value] += 1
-                await self._answer(action)
+        answer = next(a for a in actions if isinstance(a, SendBid | SendDecline))
+        if isinstance(answer, SendBid):
+            self.stats.bids += 1
+            self._bids[rfq.job_id] = job
+        else:
+            self.stats.declines += 1
+            self.stats.declines_by_reason[answer.message.reason.value] += 1
+        return answer
 
     async def _answer(self, action: Send) -> None:
         with suppress(NetError), trio.move_on_after(10):
@@ -254,7 +279,10 @@ class ProviderService:
 
     # ------------------------------------------------------------------ jobs
     async def _on_job_stream(self, fs: FramedStream) -> None:
-        award = await receive_message(fs, self._guard, timeout=10)
+        await self._serve(fs, await receive_message(fs, self._guard, timeout=10))
+
+    async def _serve(self, fs: FramedStream, award: object) -> None:
+        """Serve the job ``award`` (the stream's first buyer message after any bid) names."""
         if not isinstance(award, Award):
             raise RemoteProtocolError("a job stream must open with an Award")
         job = self._bids.pop(award.job_id, None)
@@ -356,11 +384,12 @@ class _JobSession:
             elif isinstance(action, ClaimSlot):
                 svc.active_jobs += 1
                 rfq = self.job.rfq
-                if rfq is not None:
-                    await svc.in_ledger(
+                if rfq is not None:  # bookkeeping, off the path to the first token
+                    self.nursery.start_soon(
+                        svc.in_ledger,
                         lambda ledger, job_id=action.job_id, rfq=rfq: ledger.record_job(
                             job_id, role="provider", counterparty=rfq.buyer, model_id=rfq.model_id
-                        )
+                        ),
                     )
             elif isinstance(action, ReleaseSlot):
                 svc.active_jobs -= 1

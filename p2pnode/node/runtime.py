@@ -33,9 +33,10 @@ from market.protocol import ModelOffer, Offer
 from market.protocol.payments import ChannelTerms, VoucherBook
 from market.protocol.policy import CostPlusPolicy, ProviderStatus
 from market.protocol.provider import ProviderConfig
-from market.streams import sealed
+from market.streams import OFFER_PROTOCOL, sealed
 from market.vouchers import from_stored
 from p2pnode.net import NetConfig, NodeNet, open_node_host
+from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import offers_topic
 from p2pnode.node.dashboard import serve_dashboard
 from p2pnode.node.deposits import DepositCache
@@ -226,6 +227,7 @@ async def run_node(
             node.power = await nursery.start(run_power, s.power, lambda: service.active_jobs)
             nursery.start_soon(_follow_power, node)
             nursery.start_soon(node.write_status)
+            nursery.start_soon(deposits.run)
             if s.dashboard_port:
                 await nursery.start(
                     partial(serve_dashboard, node, token=s.dashboard_token, port=s.dashboard_port)
@@ -233,6 +235,7 @@ async def run_node(
             await nursery.start(
                 partial(run_redeemer, redeemer, chain, interval_s=s.redeem_interval_s)
             )
+            net.set_handler(OFFER_PROTOCOL, _offer_handler(node, model, model_hex, gpus))
             await nursery.start(service.run)
             nursery.start_soon(_publish_offers, node, net, model, model_hex, gpus)
             nursery.start_soon(_watch_signals, drain)
@@ -304,6 +307,15 @@ async def _publish_offer(node: _Node, net: NodeNet, model: Any, model_hex: str, 
         )
     except Exception as exc:  # no peers yet: the next round will do
         logger.debug("offer not published: %r", exc)
+
+
+def _offer_handler(node: _Node, model: Any, model_hex: str, gpus: Any) -> Any:
+    """Serve ``/hearth/offer/1``: this node's offer as of now, signed, to whoever asks."""
+
+    async def handler(fs: FramedStream) -> None:
+        await fs.send(sealed(_offer(node, model, model_hex, gpus), node.s.identity.signing_key()))
+
+    return handler
 
 
 async def _publish_offers(node: _Node, net: NodeNet, model: Any, model_hex: str, gpus: Any) -> None:

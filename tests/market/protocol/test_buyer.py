@@ -177,7 +177,7 @@ CASES: list[tuple[BuyerState, E.Event, float, BuyerState, list[str]]] = [
         E.AcceptReceived(sender="PA", accept=Accept(job_id=JOB, provider="PA")),
         0.1,
         S.STREAMING,
-        ["SendPrompt"],
+        [],  # the prompt went out with the award
     ),
     (
         S.AWARDING,
@@ -191,15 +191,21 @@ CASES: list[tuple[BuyerState, E.Event, float, BuyerState, list[str]]] = [
         E.ErrorReceived(sender="PA", error=Error(job_id=JOB, code=ErrorCode.OVERLOADED)),
         0.1,
         S.AWARDING,
-        ["ScorePeer", "SendCancel", "SendAward"],
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
     ),
-    (S.AWARDING, E.DeadlinePassed(), 5.0, S.AWARDING, ["ScorePeer", "SendCancel", "SendAward"]),
+    (
+        S.AWARDING,
+        E.DeadlinePassed(),
+        5.0,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
+    ),
     (
         S.AWARDING,
         E.PeerDisconnected(peer="PA"),
         0.1,
         S.AWARDING,
-        ["ScorePeer", "SendCancel", "SendAward"],
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
     ),
     (S.AWARDING, E.PeerDisconnected(peer="PQ"), 0.1, S.AWARDING, []),
     (S.AWARDING, bid("PC", 700), 0.1, S.AWARDING, []),  # late bid joins the runners-up
@@ -215,21 +221,21 @@ CASES: list[tuple[BuyerState, E.Event, float, BuyerState, list[str]]] = [
         chunk("PA", 0, chain_genesis(JOB), 0, good=False)[0],
         0.2,
         S.AWARDING,
-        ["ScorePeer", "SendCancel", "SendAward"],
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
     ),
     (
         S.STREAMING,
         chunk("PA", 1, chain_genesis(JOB), 0)[0],
         0.2,
         S.AWARDING,
-        ["ScorePeer", "SendCancel", "SendAward"],
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
     ),
     (
         S.STREAMING,
         chunk("PA", 0, chain_genesis(JOB), 0, n=9)[0],
         0.2,
         S.AWARDING,
-        ["ScorePeer", "SendCancel", "SendAward"],
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
     ),
     (S.STREAMING, chunk("PB", 0, chain_genesis(JOB), 0)[0], 0.2, S.STREAMING, ["ScorePeer"]),
     (
@@ -239,13 +245,19 @@ CASES: list[tuple[BuyerState, E.Event, float, BuyerState, list[str]]] = [
         S.STREAMING,
         [],
     ),
-    (S.STREAMING, E.DeadlinePassed(), 50.0, S.AWARDING, ["ScorePeer", "SendCancel", "SendAward"]),
+    (
+        S.STREAMING,
+        E.DeadlinePassed(),
+        50.0,
+        S.AWARDING,
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
+    ),
     (
         S.STREAMING,
         E.CancelReceived(sender="PA", cancel=Cancel(job_id=JOB)),
         0.2,
         S.AWARDING,
-        ["ScorePeer", "SendCancel", "SendAward"],
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
     ),
     (
         S.STREAMING,
@@ -257,7 +269,7 @@ CASES: list[tuple[BuyerState, E.Event, float, BuyerState, list[str]]] = [
         ),
         0.2,
         S.AWARDING,
-        ["ScorePeer", "SendCancel", "SendAward"],
+        ["ScorePeer", "SendCancel", "SendAward", "SendPrompt"],
     ),
     (
         S.STREAMING,
@@ -380,8 +392,47 @@ def test_second_round_then_award() -> None:
     assert m.state is S.BACKOFF
     assert kinds(m.handle(E.DeadlinePassed(), 0.7)) == ["Publish"]
     m.handle(bid("PA"), 0.8)
-    assert kinds(m.handle(E.DeadlinePassed(), 0.9)) == ["SendAward"]
+    assert kinds(m.handle(E.DeadlinePassed(), 0.9)) == ["SendAward", "SendPrompt"]
     assert m.outcome is None and m.state is S.AWARDING
+
+
+def test_direct_round_closes_once_every_asked_provider_answered() -> None:
+    m = new()  # enough_bids 3: two answers would not close a gossip round
+    m.handle(E.JobSubmitted(), 0.0)
+    assert m.handle(E.RfqDelivered(asked=2), 0.0) == []
+    assert m.handle(bid("PA"), 0.01) == []
+    decline = Decline(job_id=JOB, provider="PB", reason=DeclineReason.BUSY)
+    out = m.handle(E.DeclineReceived(sender="PB", decline=decline), 0.02)
+    assert kinds(out) == ["SendAward", "SendPrompt"] and m.state is S.AWARDING
+    assert out[0].to == out[1].to == "PA"
+
+
+def test_direct_round_all_declined_backs_off_without_waiting_for_the_window() -> None:
+    m = new(max_rounds=2)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(E.RfqDelivered(asked=1), 0.0)
+    decline = Decline(job_id=JOB, provider="PB", reason=DeclineReason.BUSY)
+    assert m.handle(E.DeclineReceived(sender="PB", decline=decline), 0.01) == []
+    assert m.state is S.BACKOFF
+    # the next round goes out to everyone (the driver decides how); no count carries over
+    assert kinds(m.handle(E.DeadlinePassed(), 0.6)) == ["Publish"]
+    assert m.handle(bid("PA"), 0.61) == [] and m.state is S.COLLECTING
+
+
+def test_the_prompt_follows_the_award_with_the_delivered_prefix_on_failover() -> None:
+    m = streaming()
+    ev, _ = chunk("PA", 0, chain_genesis(JOB), 0)
+    m.handle(ev, 0.2)
+    out = m.handle(E.PeerDisconnected(peer="PA"), 0.3)
+    assert kinds(out)[-2:] == ["SendAward", "SendPrompt"]
+    award, prompt = out[-2].message, out[-1].message
+    assert out[-1].to == "PB" and award.resume_offset == 8
+    assert prompt.resume_token_ids == tuple(range(8))
+
+
+def test_rfq_delivered_must_count_someone() -> None:
+    with pytest.raises(LocalProtocolError):
+        E.RfqDelivered(asked=0)
 
 
 def test_job_deadline_cancels_the_active_provider() -> None:

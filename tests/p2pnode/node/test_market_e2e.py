@@ -55,9 +55,11 @@ def _live(market: LocalMarket) -> int:
 async def test_jobs_stream_and_each_provider_is_owed_exactly_its_tokens(
     market: LocalMarket,
 ) -> None:
-    async with open_buyer_client(load_buyer(market.config_for("buyer"), market.env)) as client:
-        await _client_ready(client, _live(market))
-        for prompt in ("Name a fruit.", "Count to five."):
+    setup = load_buyer(market.config_for("buyer"), market.env)
+    # The RFQ goes straight to known providers (the default), or over gossip to all.
+    for direct, prompt in ((4, "Name a fruit."), (0, "Count to five.")):
+        async with open_buyer_client(setup, direct_rfq=direct) as client:
+            await _client_ready(client, _live(market))
             job = client.generate(
                 MODEL,
                 messages=[{"role": "user", "content": prompt}],
@@ -70,6 +72,8 @@ async def test_jobs_stream_and_each_provider_is_owed_exactly_its_tokens(
             assert r.completion_tokens == len(r.token_ids) == sum(s.tokens for s in r.shares)
             assert r.cost == sum(cost_of(s.tokens, s.price_per_1k) for s in r.shares)
             assert all(len(s.result_commitment) == 64 for s in r.shares)
+            assert client.rfq_rounds["direct" if direct else "gossip"] >= 1
+            assert client.unstaked_bids == 0  # every node here is staked on the registry
 
 
 async def test_sigkill_mid_stream_fails_over_and_pays_each_provider_for_its_own_tokens(
