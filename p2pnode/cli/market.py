@@ -287,23 +287,67 @@ def deposit(
 
 
 def withdraw(
-    amount: Annotated[str, typer.Argument(help="How much to withdraw after the notice period.")],
+    amount: Annotated[
+        str | None,
+        typer.Argument(help="How much to give notice for (leave out with --execute/--cancel)."),
+    ] = None,
+    execute: Annotated[
+        bool,
+        typer.Option("--execute", help="Pay out the pending withdrawal once its notice is over."),
+    ] = False,
+    cancel: Annotated[
+        bool, typer.Option("--cancel", help="Take back the pending notice (the deposit stays).")
+    ] = False,
     config: ConfigOpt = Path("hearth.toml"),
 ) -> None:
-    """Give withdrawal notice (providers may still redeem until it ends)."""
-    typed = _decimal(amount)
+    """Take money out of the PaymentHub: give notice, then --execute when it is over.
+
+    The notice gives providers time to redeem the vouchers they hold; a new notice
+    replaces a pending one.
+    """
+    if execute and cancel:
+        _fail("give --execute or --cancel, not both")
+    if (amount is None) != (execute or cancel):
+        _fail("give an AMOUNT to give notice, or --execute / --cancel without one")
+    typed = _decimal(amount) if amount is not None else None
     setup = _load("buyer", config)
     dep = setup.deployment
-    value = _amount(typed, dep.token_decimals)
+    value = _amount(typed, dep.token_decimals) if typed is not None else 0
     try:
         client = setup.chain_client()
-        dep.hub(client).request_withdrawal(dep.token, value)
+        hub = dep.hub(client)
+        pending, unlock_at = hub.pending_withdrawal(client.address, dep.token)
+        if (execute or cancel) and unlock_at == 0:
+            _fail("no withdrawal notice is pending (give one with `hearth withdraw AMOUNT`)")
+        if execute:
+            now = client.w3.eth.get_block("latest")["timestamp"]
+            if now < unlock_at:
+                _fail(f"the notice ends in {unlock_at - now} s (at chain time {unlock_at})")
+            before = hub.balance_of(client.address, dep.token)
+            hub.execute_withdrawal(dep.token)
+            paid = before - hub.balance_of(client.address, dep.token)
+        elif cancel:
+            hub.cancel_withdrawal(dep.token)
+        else:
+            hub.request_withdrawal(dep.token, value)
+    except typer.Exit:
+        raise
     except Exception as exc:
         _fail(f"{type(exc).__name__}: {exc}")
-    typer.echo(
-        f"withdrawal of {amount} {dep.token_symbol} requested; it can be executed after "
-        f"{dep.withdrawal_delay_s} s"
-    )
+    symbol = dep.token_symbol
+    if execute:
+        typer.echo(
+            f"withdrew {Decimal(paid).scaleb(-dep.token_decimals)} {symbol} to {client.address}"
+        )
+    elif cancel:
+        typer.echo(
+            f"withdrawal notice of {Decimal(pending).scaleb(-dep.token_decimals)} {symbol} cancelled"
+        )
+    else:
+        typer.echo(
+            f"withdrawal of {amount} {symbol} requested; run `hearth withdraw --execute` after "
+            f"{dep.withdrawal_delay_s} s"
+        )
 
 
 def balance(
