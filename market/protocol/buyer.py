@@ -152,6 +152,7 @@ class BuyerJob:
         "_failovers",
         "_job_deadline",
         "_pool",
+        "_prompt_tokens",
         "_reserved",
         "_round",
         "_segments",
@@ -204,6 +205,7 @@ class BuyerJob:
         self._delivered: list[int] = []
         self._bids = 0
         self._round = 0
+        self._prompt_tokens = 0
         self._asked: int | None = None  # providers asked directly this round (None: gossip)
         self._answered: set[str] = set()  # who answered this round
         self._failovers = 0
@@ -358,6 +360,7 @@ class BuyerJob:
         if e.result_commitment != a.verifier.head:
             return self._misbehaved("result commitment differs from the chunk chain", now)
         a.commitment = e.result_commitment
+        self._prompt_tokens = e.prompt_tokens
         self._segments.append(a.close())
         self.active = None
         out: list[Action] = [ScorePeer(peer=ev.sender, delta=0.05, reason="completed")]
@@ -547,6 +550,7 @@ class BuyerJob:
             awarded_at=self._awarded_at,
             finished_at=now,
             finish_reason=finish_reason,
+            prompt_tokens=self._prompt_tokens,
         )
         return [ReportOutcome(outcome=self.outcome)]
 

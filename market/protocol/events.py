@@ -293,9 +293,14 @@ class TokensGenerated(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerationFinished(Event):
-    """The engine stopped on its own (stop sequence/EOS, or the token limit)."""
+    """The engine stopped on its own (stop sequence/EOS, or the token limit).
+
+    ``prompt_tokens``: the prompt's length in the model's tokens, a resumed prefix
+    not counted (0 = not known).
+    """
 
     finish_reason: FinishReason = "stop"
+    prompt_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

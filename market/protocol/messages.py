@@ -337,6 +337,7 @@ class EndOfStream(Message):
     total_tokens: U32
     finish_reason: FinishReason
     result_commitment: Hash32
+    prompt_tokens: U32 = 0  # the prompt in the model's tokens, a resumed prefix not counted
 
 
 @register("voucher")

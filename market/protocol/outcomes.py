@@ -59,6 +59,7 @@ class BuyerOutcome:
     awarded_at: float | None  # `now` when the first provider accepted
     finished_at: float
     finish_reason: str = ""
+    prompt_tokens: int = 0  # the prompt in the model's tokens, from the final EndOfStream
 
     @property
     def paid(self) -> int:

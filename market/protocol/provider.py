@@ -139,6 +139,7 @@ class ProviderJob:
         "_pending_ids",
         "_pending_lps",
         "_pending_text",
+        "_prompt_tokens",
         "_stalled_since",
         "_timer",
         "award",
@@ -188,6 +189,7 @@ class ProviderJob:
         self._max_new = 0
         self._generated = 0
         self._finish: FinishReason | None = None
+        self._prompt_tokens = 0
         self._paused = False
         self._stalled_since: float | None = None
         self._last_send = 0.0
@@ -330,6 +332,7 @@ class ProviderJob:
         if self._finish is not None:
             raise LocalProtocolError("GenerationFinished twice")
         self._finish = ev.finish_reason
+        self._prompt_tokens = ev.prompt_tokens
         return self._flush(now)
 
     def _on_gen_failed(self, ev: GenerationFailed, now: float) -> list[Action]:
@@ -504,6 +507,7 @@ class ProviderJob:
                 total_tokens=self.sent_tokens,
                 finish_reason=self._finish,
                 result_commitment=self._head,
+                prompt_tokens=self._prompt_tokens,
             )
             out.append(SendEnd(to=rfq.buyer, message=end))
             out.append(ReleaseSlot(job_id=rfq.job_id))

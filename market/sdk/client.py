@@ -274,7 +274,9 @@ class Client:
             ceiling = 2 * min(best) if best else 0
         job_id = os.urandom(16)
         text_len = len(prompt_text or "") + sum(len(m["content"]) + 8 for m in messages or [])
-        prompt_tokens = max(1, text_len // 4)  # an estimate: the buyer holds no tokenizer
+        # For the RFQ an estimate (the buyer holds no tokenizer); the result carries the
+        # count the provider's engine reported at the end of the stream.
+        prompt_tokens = max(1, text_len // 4)
         rfq = Rfq(
             job_id=job_id,
             buyer=self.key.peer_id,
@@ -617,7 +619,7 @@ def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobR
         text=text,
         token_ids=outcome.token_ids,
         finish_reason=outcome.finish_reason or outcome.reason,
-        prompt_tokens=prompt_tokens,
+        prompt_tokens=outcome.prompt_tokens or prompt_tokens,
         completion_tokens=len(outcome.token_ids),
         cost=outcome.paid,
         shares=shares,

@@ -307,7 +307,8 @@ class FakeLink:
             return
         if done + k >= limit:
             del self._gen[name]
-            self._provider(name, E.GenerationFinished(finish_reason="length"))
+            # the fake engine "reads" the RFQ's prompt_tokens
+            self._provider(name, E.GenerationFinished(finish_reason="length", prompt_tokens=10))
         elif name not in self._paused:
             self._at(self.now + self.step_s, lambda: self._step(name))
 

@@ -449,7 +449,10 @@ class _JobSession:
                         )
                     if chunk.finish_reason in ("stop", "length"):
                         self.events_in.send_nowait(
-                            GenerationFinished(finish_reason=chunk.finish_reason)
+                            GenerationFinished(
+                                finish_reason=chunk.finish_reason,
+                                prompt_tokens=chunk.prompt_tokens,
+                            )
                         )
                     elif chunk.finish_reason is not None:
                         self.events_in.send_nowait(

@@ -13,6 +13,7 @@ def test_whole_job_best_bid_wins_and_is_paid_exactly() -> None:
     out = link.run()
     assert out.completed and out.finish_reason == "length"
     assert out.token_ids == link.expected_tokens()
+    assert out.prompt_tokens == 10  # the engine's count travels back in EndOfStream
     (seg,) = out.segments
     assert seg.provider == "PB"  # cheaper electricity → cheaper bid
     assert seg.paid == cost_of(40, seg.price_per_1k) == link.wallet.spent

@@ -48,6 +48,19 @@ async def _client_ready(client: Any, providers: int) -> None:
             await trio.sleep(0.2)
 
 
+def _chat_tokens(prompt: str) -> int:
+    """The chat-templated prompt's length, by transformers' tokenizer on the same model."""
+    from transformers import AutoTokenizer
+
+    from p2pnode.serving import load_model
+
+    tok = AutoTokenizer.from_pretrained(str(load_model(None).hf_dir))
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
 def _live(market: LocalMarket) -> int:
     return sum(market.node(n).alive() for n in HOMEOWNERS)
 
@@ -73,6 +86,8 @@ async def test_jobs_stream_and_each_provider_is_owed_exactly_its_tokens(
             assert r.cost == sum(cost_of(s.tokens, s.price_per_1k) for s in r.shares)
             assert all(len(s.result_commitment) == 64 for s in r.shares)
             assert client.rfq_rounds["direct" if direct else "gossip"] >= 1
+            # the provider's engine counted the prompt (the buyer holds no tokenizer)
+            assert r.prompt_tokens == await trio.to_thread.run_sync(_chat_tokens, prompt)
             assert client.unstaked_bids == 0  # every node here is staked on the registry
 
 
