@@ -466,7 +466,7 @@ class _JobRun:
             elif isinstance(action, ReportOutcome):
                 assert isinstance(action.outcome, BuyerOutcome)
                 self.outcome = action.outcome
-                for fs in self.streams.values():
+                for fs in list(self.streams.values()):  # sessions end meanwhile
                     with trio.move_on_after(1):
                         with suppress(NetError):
                             await fs.send_end()
