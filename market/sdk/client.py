@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -105,6 +106,8 @@ from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import GossipMessage, offers_topic, rfq_topic
 
 __all__ = ["Client", "ClientConfig", "JobHandle", "open_client"]
+
+logger = logging.getLogger(__name__)
 
 _PEER_EVENTS: dict[type, Callable[[str, Any], Event]] = {
     Accept: lambda s, m: AcceptReceived(sender=s, accept=m),
@@ -248,6 +251,10 @@ class Client:
                     result = await self._run(model, messages, prompt, p, ceiling, out, handle)
                 except HearthError as exc:
                     await out.send(exc)
+                except Exception as exc:  # one job's bug must not take the client (and
+                    # every other job, e.g. behind the gateway) down with it
+                    logger.exception("job %s failed inside the client", model)
+                    await out.send(JobFailedError(f"internal error: {type(exc).__name__}: {exc}"))
                 else:
                     await out.send(result)
 
