@@ -20,7 +20,8 @@ class StakeCheck:
     """``await check(peer_id, address)`` → True when that pair is staked and active.
 
     ``lookup(peer_id, address)`` is a blocking chain read (run in a worker thread
-    behind ``limiter``); failures to reach the chain count as "not staked".
+    behind ``limiter``); failures to reach the chain count as "not staked" until the
+    read is tried again ``retry_s`` later.
     """
 
     def __init__(
@@ -28,10 +29,12 @@ class StakeCheck:
         lookup: Callable[[str, bytes], bool],
         *,
         ttl_s: float = 600.0,
+        retry_s: float = 10.0,
         limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         self._lookup = lookup
         self.ttl_s = ttl_s
+        self.retry_s = retry_s  # a failed read is retried after this long, not ttl_s
         self._limiter = limiter or trio.CapacityLimiter(1)
         self._cache: dict[tuple[str, bytes], tuple[bool, float]] = {}
         self._reading: dict[tuple[str, bytes], trio.Event] = {}
@@ -40,23 +43,24 @@ class StakeCheck:
         key = (peer_id, address)
         while True:
             hit = self._cache.get(key)
-            if hit is not None and trio.current_time() - hit[1] < self.ttl_s:
+            if hit is not None and trio.current_time() < hit[1]:
                 return hit[0]
             running = self._reading.get(key)
             if running is None:
                 break
             await running.wait()  # someone is reading this very pair: share its answer
         done = self._reading[key] = trio.Event()
+        ttl = self.ttl_s
         try:
             ok = await trio.to_thread.run_sync(
                 self._lookup, peer_id, address, limiter=self._limiter
             )
-        except Exception:  # unreachable chain or bad answer: no proof of stake
-            ok = False
+        except Exception:  # unreachable chain or bad answer: no proof of stake, for now
+            ok, ttl = False, min(ttl, self.retry_s)
         finally:
             del self._reading[key]
             done.set()
-        self._cache[key] = (ok, trio.current_time())
+        self._cache[key] = (ok, trio.current_time() + ttl)
         return ok
 
     async def warm(self, peer_id: str, address: bytes) -> None:

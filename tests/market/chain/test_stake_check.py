@@ -44,11 +44,20 @@ async def test_answers_are_cached_and_concurrent_askers_share_one_read() -> None
     assert reads == [(PEER, b"\x01" * 20)]
 
 
-async def test_an_unreachable_chain_is_no_proof_of_stake() -> None:
-    def lookup(peer: str, address: bytes) -> bool:
-        raise ConnectionError("rpc down")
+async def test_an_unreachable_chain_is_no_proof_of_stake_until_a_retry() -> None:
+    up = False
 
-    assert not await StakeCheck(lookup)(PEER, b"\x01" * 20)
+    def lookup(peer: str, address: bytes) -> bool:
+        if not up:
+            raise ConnectionError("rpc down")
+        return True
+
+    check = StakeCheck(lookup, retry_s=0.05)
+    assert not await check(PEER, b"\x01" * 20)
+    up = True
+    assert not await check(PEER, b"\x01" * 20)  # the failed read is remembered briefly…
+    await trio.sleep(0.06)
+    assert await check(PEER, b"\x01" * 20)  # …then tried again
 
 
 async def test_the_buyer_routes_only_staked_bids(market: Market) -> None:
