@@ -218,6 +218,11 @@ class ServingSection:
     kv_cache_mb: int = setting(
         1024, "Memory reserved for the KV cache, in MiB.", lo=16, hi=1_048_576
     )
+    pack_weights: bool = setting(
+        True,
+        "CPU: keep a copy of the weights packed for oneDNN (faster matrix products, "
+        "about the model's size again in memory); false saves that memory.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

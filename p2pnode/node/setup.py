@@ -38,6 +38,7 @@ def load_node_settings(path: str | Path) -> Any:
         capacity=cfg.serving.max_batch,
         device=cfg.serving.device,
         kv_cache_mb=cfg.serving.kv_cache_mb or None,
+        pack_weights=cfg.serving.pack_weights,
         redemption=RedemptionPolicy(gas_multiple=cfg.chain.redeem_min_gas_multiple),
         power=cfg.power.as_mapping(),
         dashboard_port=cfg.dashboard.port,

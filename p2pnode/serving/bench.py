@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Workload", "make_workload", "run_benchmark"]
+__all__ = ["DTYPES", "Workload", "make_workload", "run_benchmark"]
+
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,9 @@ def run_engine(
             out["wall_s"] = time.perf_counter() - t0
             out["steps"] = engine.stats.steps
             out["preemptions"] = engine.stats.preemptions
+            assert engine.plan is not None
+            out["dtype"] = str(engine.plan.dtype).removeprefix("torch.")
+            out["device"] = str(engine.plan.device)
 
     trio.run(main)
     assert produced == wl.outputs, "engine produced a different number of tokens"
@@ -115,14 +120,14 @@ def run_engine(
     return out
 
 
-def run_transformers(hf_dir: Path, wl: Workload, batch: int) -> float:
+def run_transformers(hf_dir: Path, wl: Workload, batch: int, dtype: str = "float32") -> float:
     """tokens/s of ``transformers`` ``generate`` in static batches of ``batch`` (1 = sequential)."""
     import torch
     from transformers import LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=getattr(torch, dtype)).eval()
     pad = 0
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -148,7 +153,7 @@ import json, sys, time
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
 spec = json.load(open(sys.argv[1]))
-llm = LLM(model=spec["model"], dtype="float32", max_model_len=1024, enforce_eager=True)
+llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=1024, enforce_eager=True)
 params = [SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0) for n in spec["outputs"]]
 prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
 llm.generate(prompts[:1], params[:1])
@@ -160,12 +165,19 @@ print("HEARTH_VLLM " + json.dumps({"tokens_per_s": n / wall, "tokens": n}))
 """
 
 
-def run_vllm(python: str, hf_dir: Path, wl: Workload) -> float:
+def run_vllm(python: str, hf_dir: Path, wl: Workload, dtype: str = "float32") -> float:
     """tokens/s of vLLM (its own venv, given by its interpreter) on the same workload."""
     with tempfile.TemporaryDirectory() as d:
         spec = Path(d) / "spec.json"
         spec.write_text(
-            json.dumps({"model": str(hf_dir), "prompts": wl.prompts, "outputs": wl.outputs})
+            json.dumps(
+                {
+                    "model": str(hf_dir),
+                    "prompts": wl.prompts,
+                    "outputs": wl.outputs,
+                    "dtype": dtype,
+                }
+            )
         )
         script = Path(d) / "run_vllm.py"
         script.write_text(_VLLM_SCRIPT)
@@ -191,22 +203,43 @@ def run_benchmark(
     vllm_python: str | None = None,
     max_batch: int = 32,
     max_step_tokens: int = 512,
+    dtype: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Everything ``hearth bench serving`` reports, as one dictionary."""
+    """Everything ``hearth bench serving`` reports, as one dictionary.
+
+    ``dtype`` (``float32`` or ``bfloat16``) applies to the engine and to the
+    transformers baselines alike (default: the engine's own choice, fp32 on the CPU,
+    and fp32 baselines); ``threads`` sets torch's intra-op threads for both (default:
+    torch's own choice, one per physical core).
+    """
     import torch
 
     from p2pnode.serving.loader import load_model
 
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be positive, got {threads}")
+        torch.set_num_threads(threads)
     load_before = os.getloadavg()[0]  # the machine may be shared: figures need context
     model = load_model(model_path)
     wl = make_workload(requests, seed, model.config.vocab_size)
     eng = run_engine(
-        model, wl, max_batch=max_batch, max_step_tokens=max_step_tokens, max_model_len=1024
+        model,
+        wl,
+        max_batch=max_batch,
+        max_step_tokens=max_step_tokens,
+        max_model_len=1024,
+        dtype=getattr(torch, dtype) if dtype else None,
     )
     result: dict[str, Any] = {
         "workload": f"mixed{requests}",
         "model": model.name,
         "model_id": model.model_id,
+        "device": eng["device"],
+        "dtype": eng["dtype"],
         "requests": requests,
         "output_tokens": wl.output_tokens,
         "prompt_tokens": sum(len(p) for p in wl.prompts),
@@ -223,8 +256,9 @@ def run_benchmark(
         "baseline_static8_tokens_per_s": None,
     }
     if baselines:
-        result["baseline_sequential_tokens_per_s"] = run_transformers(model.hf_dir, wl, 1)
-        result["baseline_static8_tokens_per_s"] = run_transformers(model.hf_dir, wl, 8)
+        base_dt = dtype or "float32"
+        result["baseline_sequential_tokens_per_s"] = run_transformers(model.hf_dir, wl, 1, base_dt)
+        result["baseline_static8_tokens_per_s"] = run_transformers(model.hf_dir, wl, 8, base_dt)
         result["speedup_vs_sequential"] = (
             result["tokens_per_s"] / result["baseline_sequential_tokens_per_s"]
         )
@@ -232,7 +266,7 @@ def run_benchmark(
             result["tokens_per_s"] / result["baseline_static8_tokens_per_s"]
         )
     if vllm_python:
-        result["vllm_tokens_per_s"] = run_vllm(vllm_python, model.hf_dir, wl)
+        result["vllm_tokens_per_s"] = run_vllm(vllm_python, model.hf_dir, wl, eng["dtype"])
         result["ratio_vs_vllm"] = result["tokens_per_s"] / result["vllm_tokens_per_s"]
     result["peak_rss_mb"] = peak_rss_mb()
     result["load_avg_1m"] = {"start": load_before, "end": os.getloadavg()[0]}

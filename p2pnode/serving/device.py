@@ -1,7 +1,8 @@
 """Device, dtype and KV-cache sizing: the only place that knows CPU from CUDA.
 
 * CPU: fp32 (bit-for-bit comparable with the reference implementation, which the
-  verifier relies on), KV budget from ``kv_cache_mb`` (default 1 GiB).
+  verifier relies on; bf16 on request), KV budget from ``kv_cache_mb`` (default
+  1 GiB), matrix products through oneDNN on weights packed at load time.
 * CUDA: bf16 where the GPU supports it, else fp16; the KV budget is a fraction of the
   memory still free *after* the weights are loaded (``torch.cuda.mem_get_info``).
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from p2pnode.serving import onednn
 from p2pnode.serving.model import LlamaConfig
 
 __all__ = ["DevicePlan", "plan_device", "select_device"]
@@ -55,6 +57,7 @@ class DevicePlan:
     max_len: int
     block_size: int
     num_blocks: int
+    packed_linears: bool = False  # CPU: matmuls through oneDNN on prepacked weights
 
     @property
     def kv_budget_tokens(self) -> int:
@@ -71,11 +74,15 @@ def plan_device(
     kv_cache_mb: float | None = None,
     block_size: int = 16,
     gpu_memory_fraction: float = 0.85,
+    pack_weights: bool | None = None,
 ) -> DevicePlan:
     """Choose device, dtype, slots, per-slot length and the KV block budget.
 
     Call after the weights are on the device: on CUDA the budget is
     ``gpu_memory_fraction`` of the memory still free (or ``kv_cache_mb`` if smaller).
+    ``pack_weights`` (CPU; default: wherever oneDNN supports the dtype) keeps a packed
+    private copy of every projection for oneDNN, about the size of the weights again
+    (the loaded weights themselves are memory-mapped and shared between processes).
     """
     dev = select_device(device)
     dt = dtype or default_dtype(dev)
@@ -101,4 +108,5 @@ def plan_device(
         budget = int((kv_cache_mb if kv_cache_mb is not None else _CPU_DEFAULT_KV_MB) * 2**20)
         slots, max_len = max_batch, want_len
     num_blocks = max(1, budget // (per_tok * block_size))
-    return DevicePlan(dev, dt, slots, max_len, block_size, num_blocks)
+    packed = dev.type == "cpu" and onednn.available(dt) and pack_weights is not False
+    return DevicePlan(dev, dt, slots, max_len, block_size, num_blocks, packed)

@@ -96,6 +96,7 @@ class Engine:
         compile: bool = False,
         num_threads: int | None = None,
         aliases: Sequence[str] = (),
+        pack_weights: bool | None = None,
     ) -> None:
         self.loaded = model
         self._plan_args: dict[str, Any] = dict(
@@ -105,6 +106,7 @@ class Engine:
             max_model_len=max_model_len,
             kv_cache_mb=kv_cache_mb,
             block_size=block_size,
+            pack_weights=pack_weights,
         )
         self._max_batch = max_batch
         self._max_step_tokens = max_step_tokens
@@ -308,6 +310,7 @@ class Engine:
             top_k=request.top_k,
             top_logprobs=request.top_logprobs,
             generator=gen,
+            logprobs=request.logprobs or request.top_logprobs > 0,
         )
         eos = frozenset() if request.ignore_eos else frozenset(tok.eos_token_ids)
         seq = SeqState(

@@ -11,12 +11,14 @@ single ``[N, D]`` matrix products (that is where the time goes). Only attention 
 at sequence boundaries, through :class:`AttentionPlan`, which the model runner builds
 once per step:
 
-* each decode row (one new token) attends over exactly its own live prefix, a
-  zero-copy slice ``cache[slot, :, :len]`` of the per-slot KV cache, with no mask.
-  (One batched call over ``cache[:S, :, :max_len]`` with a padding mask was measured
-  slower on CPU for mixed lengths: it reads every slot up to the *longest* sequence,
-  and in the tail of a workload a few live sequences sit in sparse slots, so the
-  batched call paid for ~all 32 slots. Attention here is memory-bound on K/V reads);
+* decode rows (one new token each) attend over zero-copy slices of the per-slot KV
+  cache, in :class:`DecodeGroup` s the runner chooses: a row alone reads exactly its
+  own prefix ``cache[slot, :, :len]`` with no mask; a group of rows in neighbouring
+  slots reads ``cache[s0:s0+n, :, :longest]`` in one call with a padding mask. One
+  call per row (32 per layer) was mostly per-call overhead, and on a shared 2-core
+  machine every call is an OpenMP fork/join that stalls whenever the other core is
+  busy; one padded call for all rows reads every slot up to the *longest* sequence.
+  The runner weighs the two (cache positions read against calls made);
 * each prefill chunk attends in its own call with a causal mask offset by the tokens
   already cached for that sequence (chunked prefill).
 
@@ -28,6 +30,7 @@ never repeated in memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionPlan", "KVCache", "LlamaConfig", "LlamaModel", "PrefillSegment"]
+__all__ = [
+    "AttentionPlan",
+    "DecodeGroup",
+    "KVCache",
+    "LlamaConfig",
+    "LlamaModel",
+    "PrefillSegment",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -176,11 +186,33 @@ class PrefillSegment:
     mask: torch.Tensor  # [g*T, start+T] additive float mask (0 / -inf)
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeGroup:
+    """Decode rows that attend in one call over ``cache[slot0 : slot0 + n, :, :length]``.
+
+    ``first .. first + len(slots)`` are the group's entries in ``AttentionPlan.decodes``
+    (the runner orders them so); ``slots`` holds each row's slot minus ``slot0``. A
+    single row reads exactly its own prefix (``mask`` None). Otherwise every slot in
+    the range gets a query row: rows shorter than ``length`` are masked past their end
+    (the runner makes sure those positions hold finite numbers), and slots in the range
+    that decode nothing this step get a dummy row whose output is dropped.
+    """
+
+    first: int
+    slot0: int
+    n: int
+    length: int
+    slots: tuple[int, ...]
+    at: torch.Tensor | None = None  # [R] long: ``slots`` as a tensor (None: 0..n-1)
+    mask: torch.Tensor | None = None  # [n, 1, 1, length] additive float mask (0 / -inf)
+
+
 @dataclass(slots=True)
 class AttentionPlan:
     """Where each flat row goes in the cache and which attention call reads it.
 
-    Built once per step by the runner and shared by every layer.
+    Built once per step by the runner and shared by every layer. The decode rows are
+    rows ``0 .. len(decodes)`` of the flat batch, in ``decodes`` order.
     """
 
     write_slots: torch.Tensor  # [N] long: cache slot of each row
@@ -188,7 +220,7 @@ class AttentionPlan:
     cos: torch.Tensor  # [N, 1, hd]
     sin: torch.Tensor  # [N, 1, hd]
     decodes: list[tuple[int, int, int]] = field(default_factory=list)  # (row, slot, len)
-    decode_rows: torch.Tensor | None = None  # [Bd] long: the rows of ``decodes``
+    decode_groups: list[DecodeGroup] = field(default_factory=list)  # cover ``decodes``
     prefills: list[PrefillSegment] = field(default_factory=list)
 
 
@@ -221,26 +253,49 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.kvh * self.hd, bias=False)
         self.v_proj = nn.Linear(d, self.kvh * self.hd, bias=False)
         self.o_proj = nn.Linear(self.h * self.hd, d, bias=False)
+        self.qkv_proj: nn.Module | None = None  # q|k|v in one matmul, after fuse()
+
+    def fuse(self) -> None:
+        """Replace q/k/v projections by one ``[D, (H + 2 KVH) * hd]`` matmul."""
+        if self.qkv_proj is not None:
+            return
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        fused.weight = nn.Parameter(w, requires_grad=False)
+        self.qkv_proj = fused
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = self.qkv_proj(x).split(
+                [self.h * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1
+            )
+        return (
+            q.view(n, self.h, self.hd),
+            k.view(n, self.kvh, self.hd),
+            v.view(n, self.kvh, self.hd),
+        )
 
     def forward(
         self, x: torch.Tensor, plan: AttentionPlan, kc: torch.Tensor, vc: torch.Tensor
     ) -> torch.Tensor:
         n = x.shape[0]
         h, kvh, g, hd = self.h, self.kvh, self.g, self.hd
-        q = self.q_proj(x).view(n, h, hd)  # [N, H, hd]
-        k = self.k_proj(x).view(n, kvh, hd)  # [N, KVH, hd]
-        v = self.v_proj(x).view(n, kvh, hd)
+        q, k, v = self._qkv(x)  # [N, H, hd], [N, KVH, hd], [N, KVH, hd]
         q = q * plan.cos + _rotate_half(q) * plan.sin
         k = k * plan.cos + _rotate_half(k) * plan.sin
         # write every new row into its slot/position: kc[slot, :, pos] = k[row]
         kc[plan.write_slots, :, plan.write_pos] = k.to(kc.dtype)
         vc[plan.write_slots, :, plan.write_pos] = v.to(vc.dtype)
-        if not plan.prefills:  # a pure decode step: rows are the decodes, in order
-            out = self._decode(q, plan, kc, vc).to(x.dtype)  # [N, H*hd]
-            return self.o_proj(out)
+        nd = len(plan.decodes)  # decode rows come first in the flat batch
+        if not plan.prefills:  # a pure decode step
+            return self.o_proj(self._decode(q, plan, kc, vc).to(x.dtype))  # [N, D]
         out = torch.empty(n, h * hd, dtype=x.dtype, device=x.device)  # [N, H*hd]
-        if plan.decodes:
-            out[plan.decode_rows] = self._decode(q, plan, kc, vc).to(x.dtype)
+        if nd:
+            out[:nd] = self._decode(q[:nd], plan, kc, vc).to(x.dtype)
 
         for seg in plan.prefills:
             t = seg.row1 - seg.row0
@@ -261,13 +316,23 @@ class Attention(nn.Module):
         self, q: torch.Tensor, plan: AttentionPlan, kc: torch.Tensor, vc: torch.Tensor
     ) -> torch.Tensor:
         """Attention of every decode row over its own cache prefix -> ``[Bd, H*hd]``."""
-        qv = q.view(q.shape[0], self.kvh, self.g, self.hd).to(kc.dtype)  # [N, KVH, g, hd]
+        qv = q.view(q.shape[0], self.kvh, self.g, self.hd).to(kc.dtype)  # [Bd, KVH, g, hd]
         sdpa = F.scaled_dot_product_attention
-        outs = [  # [1, KVH, g, hd] each: the new token sees every cached position, no mask
-            sdpa(qv[r : r + 1], kc[s : s + 1, :, :ln], vc[s : s + 1, :, :ln])
-            for r, s, ln in plan.decodes
-        ]
-        return torch.cat(outs).view(len(outs), self.h * self.hd)
+        out = torch.empty_like(qv)  # [Bd, KVH, g, hd]
+        for grp in plan.decode_groups:
+            a, s0, n, ln = grp.first, grp.slot0, grp.n, grp.length
+            if grp.mask is None:  # one row: its exact prefix, no mask
+                out[a] = sdpa(qv[a : a + 1], kc[s0 : s0 + 1, :, :ln], vc[s0 : s0 + 1, :, :ln])[0]
+                continue
+            r = len(grp.slots)
+            if grp.at is None:  # the rows are exactly slots s0 .. s0+n-1, in order
+                qg = qv[a : a + r]
+            else:  # [n, KVH, g, hd]: dummy queries where a slot decodes nothing
+                qg = qv.new_zeros(n, self.kvh, self.g, self.hd)
+                qg[grp.at] = qv[a : a + r]
+            o = sdpa(qg, kc[s0 : s0 + n, :, :ln], vc[s0 : s0 + n, :, :ln], attn_mask=grp.mask)
+            out[a : a + r] = o if grp.at is None else o[grp.at]
+        return out.view(out.shape[0], self.h * self.hd)
 
 
 class MLP(nn.Module):
@@ -277,10 +342,24 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(d, f, bias=False)
         self.up_proj = nn.Linear(d, f, bias=False)
         self.down_proj = nn.Linear(f, d, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # gate|up in one matmul, after fuse()
+
+    def fuse(self) -> None:
+        """Replace gate/up projections by one ``[D, 2F]`` matmul."""
+        if self.gate_up_proj is not None:
+            return
+        w = torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        fused.weight = nn.Parameter(w, requires_grad=False)
+        self.gate_up_proj = fused
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [N, D] -> [N, F] -> [N, D]
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [N, F] each
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -318,12 +397,26 @@ class LlamaModel(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
+    def fuse_projections(self, then: Callable[[nn.Module], object] | None = None) -> None:
+        """Fuse q/k/v and gate/up into single matmuls (after the weights are loaded).
+
+        Fewer, wider matrix products: fewer kernel launches on CUDA, better use of the
+        cores on the CPU. The Hugging Face parameter names exist only before this.
+        ``then(layer)`` runs after each layer is fused (the runner packs it there, so
+        only one layer's fused copies exist at a time).
+        """
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+            if then is not None:
+                then(layer)
+
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin ``[N, 1, hd]`` for integer positions ``[N]`` (computed in fp32)."""
         inv: torch.Tensor = self.inv_freq  # type: ignore[assignment]
         freqs = positions.to(torch.float32)[:, None] * inv[None, :]  # [N, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [N, 1, hd]
-        dt = self.lm_head.weight.dtype
+        dt = self.model.embed_tokens.weight.dtype
         return emb.cos().to(dt), emb.sin().to(dt)
 
     def forward(self, input_ids: torch.Tensor, plan: AttentionPlan, cache: KVCache) -> torch.Tensor:

@@ -6,7 +6,8 @@ one flat forward pass, then samples. Per step it builds, once, the
 positions, rotary tables, masks), runs the model, computes logits only for the rows
 that sample, and:
 
-* takes the **raw** ``log_softmax`` of those logits for the reported logprobs;
+* takes the **raw** ``log_softmax`` of those logits for the reported logprobs (only
+  when some sequence in the step asked for logprobs);
 * samples each row with its own ``torch.Generator`` (seeded per request, so the
   tokens do not depend on what else is in the batch); greedy rows share one argmax.
 """
@@ -18,14 +19,37 @@ from dataclasses import dataclass
 
 import torch
 
+from p2pnode.serving import onednn
 from p2pnode.serving.device import DevicePlan
 from p2pnode.serving.loader import LoadedModel
-from p2pnode.serving.model import AttentionPlan, KVCache, LlamaModel, PrefillSegment
+from p2pnode.serving.model import (
+    AttentionPlan,
+    DecodeGroup,
+    KVCache,
+    LlamaModel,
+    PrefillSegment,
+)
 from p2pnode.serving.scheduler import ScheduledChunk
 
 __all__ = ["ModelRunner", "SampleOut", "SamplingSpec"]
 
 _NEG_INF = float("-inf")
+_NAN = float("nan")
+# Decode attention grouping (see _decode_groups): the overhead of one attention call,
+# in cache positions read (measured ~20-40 us per call on a 2-core CPU, where one
+# position of SmolLM2's K+V, 1.5 KB, reads in ~0.2 us), and the most rows in one call.
+_CALL_COST = 256
+_MAX_GROUP = 64
+_ZERO_AHEAD = 32  # positions zeroed at once when a padded call needs finite memory
+
+
+def _is_decode(c: ScheduledChunk) -> bool:
+    return len(c.token_ids) == 1 and c.start > 0
+
+
+def _order(chunks: Sequence[ScheduledChunk]) -> list[ScheduledChunk]:
+    """Decodes first, by slot (so neighbouring slots can share a call), then prefills."""
+    return sorted(chunks, key=lambda c: (not _is_decode(c), c.slot))
 
 
 @dataclass(slots=True)
@@ -37,6 +61,7 @@ class SamplingSpec:
     top_k: int = 0
     top_logprobs: int = 0
     generator: torch.Generator | None = None
+    logprobs: bool = True  # report the chosen token's logprob (else SampleOut.logprob is nan)
 
     @property
     def greedy(self) -> bool:
@@ -58,11 +83,19 @@ class ModelRunner:
         self.cfg = loaded.config
         self.device = plan.device
         self.model: LlamaModel = loaded.build(plan.device, plan.dtype)
+        # Fused q|k|v and gate|up are new tensors: on the CPU only worth their memory
+        # when packed (the loaded weights are memory-mapped and shared otherwise).
+        pack = plan.packed_linears and not compile
+        if pack or plan.device.type != "cpu":
+            self.model.fuse_projections(then=onednn.pack_linears if pack else None)
+        if pack:
+            onednn.pack_linears(self.model)  # what is left: the lm_head
         self.cache = KVCache.allocate(self.cfg, plan.slots, plan.max_len, plan.dtype, plan.device)
         self.group = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
-        # The cache is allocated uninitialised (and, on the CPU, backed lazily): every
-        # attention call reads only positions this sequence has written, so stale or
-        # garbage memory beyond a sequence's length is never touched.
+        self._finite = [0] * plan.slots  # per slot: positions [0, n) hold finite numbers
+        # The cache is allocated uninitialised (and, on the CPU, backed lazily): a
+        # sequence's own attention reads only positions it has written, except a padded
+        # decode call, which first zeroes what it may read beyond (_make_finite).
         self._forward = self.model.forward
         if compile:
             # Compile the hot step only; shapes vary with the batch, hence dynamic.
@@ -80,6 +113,7 @@ class ModelRunner:
     def _build_plan(
         self, chunks: Sequence[ScheduledChunk]
     ) -> tuple[torch.Tensor, AttentionPlan, list[int]]:
+        """Flatten ``chunks`` (decodes first, by slot: see :func:`_order`) into one batch."""
         ids: list[int] = []
         slots: list[int] = []
         pos: list[int] = []
@@ -95,7 +129,7 @@ class ModelRunner:
             else:
                 slots.extend([c.slot] * t)
                 pos.extend(range(c.start, c.start + t))
-            if t == 1 and c.start > 0:
+            if _is_decode(c):
                 decodes.append((row0, c.slot, c.start + 1))
             else:
                 prefills.append(
@@ -112,11 +146,75 @@ class ModelRunner:
             cos=cos,
             sin=sin,
             decodes=decodes,
+            decode_groups=self._decode_groups(decodes),
             prefills=prefills,
         )
-        if decodes and prefills:
-            plan.decode_rows = torch.tensor([d[0] for d in decodes], dtype=torch.long, device=dev)
         return torch.tensor(ids, dtype=torch.long, device=dev), plan, last_rows
+
+    def _decode_groups(self, decodes: Sequence[tuple[int, int, int]]) -> list[DecodeGroup]:
+        """Cut the decode rows (sorted by slot) into attention calls of least cost.
+
+        A call over rows ``i..j`` reads ``(slot_j - slot_i + 1) * longest`` cache
+        positions and costs ``_CALL_COST`` positions' worth of overhead; a dynamic
+        programme over the cut points minimises the sum (groups span at most
+        ``_MAX_GROUP`` rows, to bound the programme's work).
+        """
+        n = len(decodes)
+        best = [0] * (n + 1)
+        cut = [0] * (n + 1)
+        for j in range(1, n + 1):
+            longest, best[j], cut[j] = 0, -1, j - 1
+            last_slot = decodes[j - 1][1]
+            for i in range(j, max(0, j - _MAX_GROUP), -1):
+                longest = max(longest, decodes[i - 1][2])
+                cost = best[i - 1] + (last_slot - decodes[i - 1][1] + 1) * longest + _CALL_COST
+                if best[j] < 0 or cost < best[j]:
+                    best[j], cut[j] = cost, i - 1
+        bounds = []
+        j = n
+        while j > 0:
+            bounds.append((cut[j], j))
+            j = cut[j]
+        return [self._group(decodes, i, j) for i, j in reversed(bounds)]
+
+    def _group(self, decodes: Sequence[tuple[int, int, int]], i: int, j: int) -> DecodeGroup:
+        rows = decodes[i:j]
+        slot0 = rows[0][1]
+        span = rows[-1][1] - slot0 + 1
+        longest = max(ln for _r, _s, ln in rows)
+        offs = tuple(s - slot0 for _r, s, _ln in rows)
+        if len(rows) == 1:
+            return DecodeGroup(i, slot0, 1, longest, offs)
+        dev = self.device
+        lens = [0] * span
+        for (_r, _s, ln), o in zip(rows, offs, strict=True):
+            lens[o] = ln
+            self._make_finite(slot0 + o, ln, longest)
+        # [n, 1, 1, L] additive: a row sees its own prefix; a dummy row (length 0) sees
+        # position 0 (its output is dropped; a fully masked row would only make NaN)
+        lim = torch.tensor([max(ln, 1) for ln in lens], device=dev)
+        past = torch.arange(longest, device=dev)[None, :] >= lim[:, None]  # [n, L]
+        mask = torch.zeros(span, longest, dtype=self.plan.dtype, device=dev)
+        mask = mask.masked_fill_(past, _NEG_INF)[:, None, None, :]
+        at = None if len(rows) == span else torch.tensor(offs, dtype=torch.long, device=dev)
+        return DecodeGroup(i, slot0, span, longest, offs, at, mask)
+
+    def _make_finite(self, slot: int, length: int, upto: int) -> None:
+        """Zero ``[length, upto)`` of ``slot`` in every layer where it may be garbage.
+
+        A padded attention call masks those positions, but ``0 * NaN`` is still NaN:
+        memory from ``torch.empty`` must hold finite numbers before it is read. Stale
+        keys/values of an earlier sequence in the slot are finite, so each position is
+        zeroed at most once (rounded up to whole blocks of ``_ZERO_AHEAD``).
+        """
+        start = max(self._finite[slot], length)
+        if start >= upto:
+            return
+        end = min(self.plan.max_len, -(-upto // _ZERO_AHEAD) * _ZERO_AHEAD)
+        for kc, vc in zip(self.cache.k, self.cache.v, strict=True):
+            kc[slot, :, start:end].zero_()
+            vc[slot, :, start:end].zero_()
+        self._finite[slot] = end
 
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()
@@ -124,8 +222,12 @@ class ModelRunner:
         self, chunks: Sequence[ScheduledChunk], specs: dict[str, SamplingSpec]
     ) -> dict[str, SampleOut]:
         """Run one step; return the sampled token of every chunk with ``sample``."""
+        chunks = _order(chunks)
         input_ids, plan, last_rows = self._build_plan(chunks)
         hidden = self._forward(input_ids, plan, self.cache)  # [N, D]
+        for c in chunks:  # what this step wrote is finite from now on
+            end = c.start + len(c.token_ids)
+            self._finite[c.slot] = max(self._finite[c.slot], end)
         sampling = [c for c in chunks if c.sample]
         if not sampling:
             return {}
@@ -139,14 +241,16 @@ class ModelRunner:
         )
 
     def _sample(self, logits: torch.Tensor, specs: Sequence[SamplingSpec]) -> list[SampleOut]:
+        tokens = logits.argmax(dim=-1)  # [R] greedy for every row, replaced below if sampling
+        for r, spec in enumerate(specs):
+            if not spec.greedy:
+                tokens[r] = self._sample_row(logits[r], spec)
+        if not any(s.logprobs for s in specs):  # nobody asked: skip the [R, V] reduction
+            return [SampleOut(int(t), _NAN, ()) for t in tokens.tolist()]
         # Raw model logprobs without materialising log_softmax over the vocabulary:
         # logp = logits - logsumexp(logits), so the chosen token's logprob and the
         # top-k alternatives (top-k of logits = top-k of logp) need only the [R] lse.
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [R, 1] fp32
-        tokens = logits.argmax(dim=-1)  # greedy for every row, replaced below if sampling
-        for r, spec in enumerate(specs):
-            if not spec.greedy:
-                tokens[r] = self._sample_row(logits[r], spec)
         chosen = (logits.gather(1, tokens[:, None]) - lse)[:, 0]
         k = max(s.top_logprobs for s in specs)
         top_v: list[list[float]] = []
@@ -158,7 +262,7 @@ class ModelRunner:
         for r, (tok, lp) in enumerate(zip(tokens.tolist(), chosen.tolist(), strict=True)):
             n = specs[r].top_logprobs
             top = tuple(zip(top_i[r][:n], top_v[r][:n], strict=True)) if n else ()
-            out.append(SampleOut(int(tok), float(lp), top))
+            out.append(SampleOut(int(tok), float(lp) if specs[r].logprobs else _NAN, top))
         return out
 
     @staticmethod
