@@ -150,18 +150,35 @@ def run_transformers(hf_dir: Path, wl: Workload, batch: int, dtype: str = "float
 
 _VLLM_SCRIPT = r"""
 import json, sys, time
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
-spec = json.load(open(sys.argv[1]))
-llm = LLM(model=spec["model"], dtype=spec["dtype"], max_model_len=1024, enforce_eager=True)
-params = [SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0) for n in spec["outputs"]]
-prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
-llm.generate(prompts[:1], params[:1])
-t0 = time.perf_counter()
-outs = llm.generate(prompts, params)
-wall = time.perf_counter() - t0
-n = sum(len(o.outputs[0].token_ids) for o in outs)
-print("HEARTH_VLLM " + json.dumps({"tokens_per_s": n / wall, "tokens": n}))
+
+
+def main():
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    spec = json.load(open(sys.argv[1]))
+    llm = LLM(
+        model=spec["model"],
+        dtype=spec["dtype"],
+        max_model_len=1024,
+        enforce_eager=True,
+        kv_cache_memory_bytes=2**30,  # the same 1 GiB KV budget as the engine's default
+    )
+    params = [
+        SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
+        for n in spec["outputs"]
+    ]
+    prompts = [TokensPrompt(prompt_token_ids=p) for p in spec["prompts"]]
+    llm.generate(prompts[:1], params[:1])
+    t0 = time.perf_counter()
+    outs = llm.generate(prompts, params)
+    wall = time.perf_counter() - t0
+    n = sum(len(o.outputs[0].token_ids) for o in outs)
+    print("HEARTH_VLLM " + json.dumps({"tokens_per_s": n / wall, "tokens": n}))
+
+
+if __name__ == "__main__":  # vLLM starts its engine core with multiprocessing's spawn
+    main()
 """
 
 
@@ -181,12 +198,22 @@ def run_vllm(python: str, hf_dir: Path, wl: Workload, dtype: str = "float32") ->
         )
         script = Path(d) / "run_vllm.py"
         script.write_text(_VLLM_SCRIPT)
+        # vLLM's CPU backend binds its OpenMP threads itself and by default keeps a core
+        # for its front end; the engine here computes on every core, so vLLM gets them
+        # all too (unless the caller set these variables).
+        cores = len(os.sched_getaffinity(0))
+        env = {
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{cores - 1}",
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            **os.environ,
+        }
         proc = subprocess.run(
             [python, str(script), str(spec)],
             capture_output=True,
             text=True,
             timeout=1800,
             check=False,
+            env=env,
         )
     for line in proc.stdout.splitlines():
         if line.startswith("HEARTH_VLLM "):
