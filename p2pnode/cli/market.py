@@ -302,8 +302,8 @@ def withdraw(
 ) -> None:
     """Take money out of the PaymentHub: give notice, then --execute when it is over.
 
-    The notice gives providers time to redeem the vouchers they hold; a new notice
-    replaces a pending one.
+    The notice gives providers time to redeem the vouchers they hold; a new
+    notice replaces a pending one.
     """
     if execute and cancel:
         _fail("give --execute or --cancel, not both")
@@ -430,9 +430,9 @@ def bench_market(
 ) -> None:
     """Submit → award latency, TTFT overhead vs the local engine, jobs/s, failovers.
 
-    The baseline is the same engine in a process set up like a node's, one request at
-    a time; with --concurrency above 1 the overhead also holds the engines' slowdown
-    under load (they share this machine's cores).
+    The baseline is the same engine in a process set up like a node's, one
+    request at a time. With --concurrency above 1 the overhead also holds the
+    engines' slowdown under load (they share this machine's cores).
     """
     from p2pnode.bench_market import run_bench_market
 
