@@ -265,12 +265,15 @@ class BuyerJob:
             return [self._score(who, -0.3, "bid for another job or from another peer")]
         if who in self._pool or who in self._abandoned or self._is_active(who):
             return []
+        self._answered.add(who)  # an answer, even one we cannot take
         if bid.price_per_1k > self.rfq.max_price_per_1k:
-            return [self._score(who, -0.1, "bid above the RFQ's price ceiling")]
+            out: list[Action] = [self._score(who, -0.1, "bid above the RFQ's price ceiling")]
+            if self.state is BuyerState.COLLECTING and self._all_answered():
+                out += self._award_next(now)
+            return out
         self._pool[who] = (bid, ev.region)
         self._declines.pop(who, None)
         self._bids += 1
-        self._answered.add(who)
         if self.state is BuyerState.COLLECTING and (
             len(self._pool) >= self.config.enough_bids or self._all_answered()
         ):

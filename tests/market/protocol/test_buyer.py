@@ -430,6 +430,15 @@ def test_the_prompt_follows_the_award_with_the_delivered_prefix_on_failover() ->
     assert prompt.resume_token_ids == tuple(range(8))
 
 
+def test_a_bid_over_the_ceiling_still_counts_as_an_answer() -> None:
+    m = new()
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(E.RfqDelivered(asked=2), 0.0)
+    assert m.handle(bid("PA"), 0.01) == []
+    out = m.handle(bid("PB", price=5000), 0.02)  # too dear: scored down, but it answered
+    assert kinds(out) == ["ScorePeer", "SendAward", "SendPrompt"] and out[1].to == "PA"
+
+
 def test_rfq_delivered_must_count_someone() -> None:
     with pytest.raises(LocalProtocolError):
         E.RfqDelivered(asked=0)
