@@ -218,6 +218,11 @@ class BuyerJob:
         return self.rfq.job_id
 
     @property
+    def round(self) -> int:
+        """The RFQ round under way (1 for the first ``Publish``)."""
+        return self._round
+
+    @property
     def delivered(self) -> int:
         """Tokens delivered so far, over every provider."""
         return len(self._delivered)

@@ -416,7 +416,6 @@ class _JobRun:
         self.pending: dict[str, list[Any]] = {}
         # Direct RFQ streams of bidders, kept open so the winner's carries its award.
         self.held: dict[str, tuple[FramedStream, trio.Event]] = {}
-        self.rounds = 0
         self.outcome: BuyerOutcome | None = None
         self.started_at = trio.current_time()
         self.first_token_at: float | None = None
@@ -487,9 +486,8 @@ class _JobRun:
         model's gossip topic so every provider hears it.
         """
         client = self.client
-        self.rounds += 1
         data = sealed(rfq, client.key)
-        peers = self._direct_candidates(rfq.model_id) if self.rounds == 1 else []
+        peers = self._direct_candidates(rfq.model_id) if self.job.round == 1 else []
         if peers:
             client.rfq_rounds["direct"] += 1
             for peer in peers:

@@ -262,60 +262,31 @@ def print_table(result: dict[str, Any]) -> None:
     def get(r: dict[str, Any], key: str, fmt: str) -> str:
         return fmt.format(r[key]) if key in r else "-"
 
-    t.add_row(
-        "delivery ratio",
-        get(result, "delivery_ratio", "{:.2%}"),
-        get(base, "delivery_ratio", "{:.2%}"),
-    )
-    t.add_row("latency p50 / p95 / max", lat(result), lat(base))
-    t.add_row(
-        "processes up + connected",
-        get(result, "connect_s", "{:.1f} s"),
-        get(base, "connect_s", "{:.1f} s"),
-    )
-    t.add_row(
-        "mesh formation",
-        get(result, "mesh_formation_s", "{:.2f} s"),
-        get(base, "mesh_formation_s", "{:.2f} s"),
-    )
-    t.add_row(
-        "idle CPU at end of warm-up",
-        get(result, "idle_cpu_cores", "{:.2f} cores"),
-        get(base, "idle_cpu_cores", "{:.2f} cores"),
-    )
-    t.add_row(
-        "warm-up after mesh",
-        get(result, "warmup_s", "{:.1f} s"),
-        get(base, "warmup_s", "{:.1f} s"),
-    )
-    t.add_row(
-        "CPU while gossiping",
-        get(result, "gossip_cpu_cores", "{:.2f} cores"),
-        get(base, "gossip_cpu_cores", "{:.2f} cores"),
-    )
-    t.add_row(
-        "CPU per message (all peers)",
-        get(result, "cpu_ms_per_msg", "{:.0f} ms"),
-        get(base, "cpu_ms_per_msg", "{:.0f} ms"),
-    )
-    t.add_row(
-        "machine load (1 min) at window",
-        get(result, "load_avg_1m", "{:.1f}"),
-        get(base, "load_avg_1m", "{:.1f}"),
-    )
-    t.add_row(
-        "CPU used by other processes",
-        get(result, "other_cpu_cores", "{:.2f} cores"),
-        get(base, "other_cpu_cores", "{:.2f} cores"),
-    )
-    t.add_row(
-        "RSS per process",
-        get(result, "rss_mb_per_proc", "{:.0f} MB"),
-        get(base, "rss_mb_per_proc", "{:.0f} MB"),
-    )
-    t.add_row("counted subscription drops", get(result, "dropped_counted", "{}"), "-")
-    t.add_row("token stream", get(result, "stream_bytes_per_s", "{:,.0f} B/s"), "-")
-    t.add_row("token stream", get(result, "stream_tokens_per_s", "{:,.0f} tokens/s"), "-")
+    both = [  # (figure, key, format), for hearth and the baseline alike
+        ("delivery ratio", "delivery_ratio", "{:.2%}"),
+        ("latency p50 / p95 / max", "", ""),
+        ("processes up + connected", "connect_s", "{:.1f} s"),
+        ("mesh formation", "mesh_formation_s", "{:.2f} s"),
+        ("idle CPU at end of warm-up", "idle_cpu_cores", "{:.2f} cores"),
+        ("warm-up after mesh", "warmup_s", "{:.1f} s"),
+        ("CPU while gossiping", "gossip_cpu_cores", "{:.2f} cores"),
+        ("CPU per message (all peers)", "cpu_ms_per_msg", "{:.0f} ms"),
+        ("machine load (1 min) at window", "load_avg_1m", "{:.1f}"),
+        ("CPU used by other processes", "other_cpu_cores", "{:.2f} cores"),
+        ("RSS per process", "rss_mb_per_proc", "{:.0f} MB"),
+    ]
+    for label, key, fmt in both:
+        if not key:
+            t.add_row(label, lat(result), lat(base))
+        else:
+            t.add_row(label, get(result, key, fmt), get(base, key, fmt))
+    hearth_only = [
+        ("counted subscription drops", "dropped_counted", "{}"),
+        ("token stream", "stream_bytes_per_s", "{:,.0f} B/s"),
+        ("token stream", "stream_tokens_per_s", "{:,.0f} tokens/s"),
+    ]
+    for label, key, fmt in hearth_only:
+        t.add_row(label, get(result, key, fmt), "-")
     Console().print(t)
     cores = os.cpu_count() or 1
     other = [r["other_cpu_cores"] for r in (result, base) if r and "other_cpu_cores" in r]

@@ -306,12 +306,14 @@ def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Of
     )
 
 
+def _sealed_offer(node: _Node, model: Any, model_hex: str, gpus: Any) -> bytes:
+    """This node's offer as of now, in an envelope signed by its identity."""
+    return sealed(_offer(node, model, model_hex, gpus), node.s.identity.signing_key())
+
+
 async def _publish_offer(node: _Node, net: NodeNet, model: Any, model_hex: str, gpus: Any) -> None:
     try:
-        await net.publish(
-            offers_topic(),
-            sealed(_offer(node, model, model_hex, gpus), node.s.identity.signing_key()),
-        )
+        await net.publish(offers_topic(), _sealed_offer(node, model, model_hex, gpus))
     except Exception as exc:  # no peers yet: the next round will do
         logger.debug("offer not published: %r", exc)
 
@@ -320,7 +322,7 @@ def _offer_handler(node: _Node, model: Any, model_hex: str, gpus: Any) -> Any:
     """Serve ``/hearth/offer/1``: this node's offer as of now, signed, to whoever asks."""
 
     async def handler(fs: FramedStream) -> None:
-        await fs.send(sealed(_offer(node, model, model_hex, gpus), node.s.identity.signing_key()))
+        await fs.send(_sealed_offer(node, model, model_hex, gpus))
 
     return handler
 

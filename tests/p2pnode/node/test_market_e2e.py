@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,11 @@ HOMEOWNERS = ("alice", "bob", "carol")
 MODEL = "SmolLM2-135M-Instruct"
 
 
-@pytest.fixture(scope="module")
-def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMarket]:
+@contextmanager
+def running_market(workdir: Path) -> Iterator[LocalMarket]:
+    """A bootstrap and the three HOMEOWNERS serving, stopped (by PID) on exit."""
     m = LocalMarket(
-        tmp_path_factory.mktemp("market"),
+        workdir,
         # Small chunks; a bid window long enough that every live node's bid is in, so a
         # runner-up exists when a test kills or sheds the provider serving a job.
         node_extra="[market]\nchunk_tokens = 4\nbid_window_ms = 1500\n",
@@ -40,6 +42,12 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMarket]:
         yield m
     finally:
         m.stop()
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMarket]:
+    with running_market(tmp_path_factory.mktemp("market")) as m:
+        yield m
 
 
 async def _client_ready(client: Any, providers: int) -> None:

@@ -14,22 +14,13 @@ from market.protocol import cost_of
 from market.sdk.connect import load_buyer, open_buyer_client
 from market.sdk.types import GenerationParams
 from p2pnode.localnet import LocalMarket
-from tests.p2pnode.node.test_market_e2e import HOMEOWNERS, MODEL, _client_ready, _live
+from tests.p2pnode.node.test_market_e2e import MODEL, _client_ready, _live, running_market
 
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMarket]:
-    m = LocalMarket(
-        tmp_path_factory.mktemp("power-market"),
-        node_extra="[market]\nchunk_tokens = 4\nbid_window_ms = 1500\n",
-        # A shed node finishes here only what ends within 0.5 s; the rest goes elsewhere.
-        power_extra="governor = { drain_finish_s = 0.5 }",
-    )
-    try:
-        m.stand_up(HOMEOWNERS)
+    with running_market(tmp_path_factory.mktemp("power-market")) as m:
         yield m
-    finally:
-        m.stop()
 
 
 async def test_power_shed_mid_stream_hands_the_job_to_a_runner_up(market: LocalMarket) -> None:
