@@ -27,11 +27,14 @@ def select_device(preference: str = "auto") -> torch.device:
     """``"auto"`` → CUDA if available, else CPU; or an explicit ``"cpu"``/``"cuda:N"``."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(preference)
+    try:
+        dev = torch.device(preference)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {preference!r}: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("CUDA was requested but torch sees no GPU")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {preference!r}")
     return dev
 
 

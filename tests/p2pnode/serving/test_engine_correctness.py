@@ -243,6 +243,31 @@ async def test_cancellation_and_bad_requests_leave_engine_serving(smollm: Loaded
         assert engine.stats.steps > 0
 
 
+async def test_build_runs_on_the_loop_thread_and_failures_reach_start(
+    smollm: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    with pytest.raises(ValueError, match="unsupported device"):
+        await Engine(smollm, device="tpu").start()
+    with trio.move_on_after(0.01):  # cancelled while building: the thread stops by itself
+        await Engine(smollm).start()
+    built_on: list[threading.Thread] = []
+    build = Engine._build
+
+    def spy(self: Engine) -> None:
+        built_on.append(threading.current_thread())
+        build(self)
+
+    monkeypatch.setattr(Engine, "_build", spy)
+    engine = Engine(smollm, max_batch=2, max_model_len=64)
+    async with engine:
+        assert built_on == [engine._thread]  # one thread for every torch call (OpenMP)
+        ok = await engine.complete(GenerationRequest(prompt="Hi", max_tokens=2, temperature=0))
+        assert len(ok.token_ids) == 2
+    assert engine._thread is None
+
+
 def test_content_address_and_chat_template(smollm: LoadedModel) -> None:
     assert smollm.model_id.startswith("sha256:") and len(smollm.model_id) == 71
     text = smollm.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}])
