@@ -28,12 +28,13 @@ $(NPM_STAMP): contracts/package.json contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# Tests talk to a real MQTT broker (the SPAN panel) and drive a real browser (the
-# dashboard): Debian's mosquitto and chromium, installed when missing (needs root).
+# Tests talk to a real MQTT broker (the SPAN panel), drive a real browser (the
+# dashboard) and build the CPU attention kernel: Debian's mosquitto, chromium and gcc,
+# installed when missing (needs root).
 $(APT_STAMP): $(STAMP)
-	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto || ! test -x /usr/bin/chromium; then \
-	  echo "installing Debian packages: mosquitto chromium"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto chromium >/dev/null; \
+	@if ! command -v mosquitto >/dev/null 2>&1 && ! test -x /usr/sbin/mosquitto || ! test -x /usr/bin/chromium || ! command -v cc >/dev/null 2>&1; then \
+	  echo "installing Debian packages: mosquitto chromium gcc"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto chromium gcc libc6-dev >/dev/null; \
 	fi
 	touch $@
 

@@ -102,6 +102,18 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         max_step_tokens: Annotated[
             int, typer.Option(min=1, max=65536, help="Token budget of one engine step.")
         ] = 512,
+        repeat: Annotated[
+            int,
+            typer.Option(
+                min=1, max=20, help="Run the engine (and vLLM) N times; report the median."
+            ),
+        ] = 1,
+        no_attention_kernel: Annotated[
+            bool,
+            typer.Option(
+                "--no-attention-kernel", help="Decode attention through torch, not the C kernel."
+            ),
+        ] = False,
     ) -> None:
         """Workload mixed32 on the engine vs transformers (sequential, static batches of 8)."""
         from p2pnode.serving.bench import DTYPES, run_benchmark
@@ -122,6 +134,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 max_step_tokens=max_step_tokens,
                 dtype=dtype,
                 threads=threads,
+                repeat=repeat,
+                attention_kernel=not no_attention_kernel,
             )
         except (ModelLoadError, RuntimeError) as e:
             typer.echo(f"error: {e}", err=True)
@@ -138,6 +152,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for key, val in result.items():
             if isinstance(val, dict):
                 val = ", ".join(f"{k} {v:.1f}" for k, v in val.items())
+            elif isinstance(val, list):
+                val = ", ".join(f"{v:.1f}" for v in val)
             elif isinstance(val, float):
                 val = f"{val:.2f}"
             table.add_row(key, str(val))

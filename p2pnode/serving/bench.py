@@ -10,6 +10,10 @@ every run produces exactly the same number of tokens. Figures:
   ``generate`` one request at a time, and in left-padded static batches of 8;
 * optionally vLLM's CPU engine (``--vs-vllm PYTHON``) in a subprocess.
 
+``--repeat N`` runs the engine (and vLLM, alternating with it) N times and reports
+the median run of each, with every run's tokens/s alongside: on a shared machine one
+run of either can be off by 20%.
+
 Tokens/s counts requested output tokens only (padding and over-generation in the
 static batches are not counted).
 """
@@ -111,6 +115,7 @@ def run_engine(
             assert engine.plan is not None
             out["dtype"] = str(engine.plan.dtype).removeprefix("torch.")
             out["device"] = str(engine.plan.device)
+            out["decode_attention"] = "kernel" if engine.decode_kernel else "torch"
 
     trio.run(main)
     assert produced == wl.outputs, "engine produced a different number of tokens"
@@ -232,13 +237,17 @@ def run_benchmark(
     max_step_tokens: int = 512,
     dtype: str | None = None,
     threads: int | None = None,
+    repeat: int = 1,
+    attention_kernel: bool = True,
 ) -> dict[str, Any]:
     """Everything ``hearth bench serving`` reports, as one dictionary.
 
     ``dtype`` (``float32`` or ``bfloat16``) applies to the engine and to the
     transformers baselines alike (default: the engine's own choice, fp32 on the CPU,
     and fp32 baselines); ``threads`` sets torch's intra-op threads for both (default:
-    torch's own choice, one per physical core).
+    torch's own choice, one per physical core). ``repeat`` runs the engine (and vLLM)
+    that many times and reports the median run; ``attention_kernel=False`` keeps the
+    engine on torch's attention for decode rows.
     """
     import torch
 
@@ -250,17 +259,28 @@ def run_benchmark(
         if threads < 1:
             raise ValueError(f"threads must be positive, got {threads}")
         torch.set_num_threads(threads)
+    if repeat < 1:
+        raise ValueError(f"repeat must be positive, got {repeat}")
     load_before = os.getloadavg()[0]  # the machine may be shared: figures need context
     model = load_model(model_path)
     wl = make_workload(requests, seed, model.config.vocab_size)
-    eng = run_engine(
-        model,
-        wl,
-        max_batch=max_batch,
-        max_step_tokens=max_step_tokens,
-        max_model_len=1024,
-        dtype=getattr(torch, dtype) if dtype else None,
-    )
+    runs: list[dict[str, Any]] = []
+    vllm_runs: list[float] = []
+    for _ in range(repeat):  # alternating, so both see the same spells of load
+        runs.append(
+            run_engine(
+                model,
+                wl,
+                max_batch=max_batch,
+                max_step_tokens=max_step_tokens,
+                max_model_len=1024,
+                dtype=getattr(torch, dtype) if dtype else None,
+                attention_kernel=attention_kernel,
+            )
+        )
+        if vllm_python:
+            vllm_runs.append(run_vllm(vllm_python, model.hf_dir, wl, runs[-1]["dtype"]))
+    eng = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
     result: dict[str, Any] = {
         "workload": f"mixed{requests}",
         "model": model.name,
@@ -272,7 +292,9 @@ def run_benchmark(
         "prompt_tokens": sum(len(p) for p in wl.prompts),
         "model_load_s": round(model.load_seconds, 3),
         "torch_threads": torch.get_num_threads(),
+        "decode_attention": eng["decode_attention"],
         "tokens_per_s": eng["tokens_per_s"],
+        "tokens_per_s_runs": [r["tokens_per_s"] for r in runs],
         "wall_s": eng["wall_s"],
         "engine_steps": eng["steps"],
         "preemptions": eng["preemptions"],
@@ -292,8 +314,9 @@ def run_benchmark(
         result["speedup_vs_static8"] = (
             result["tokens_per_s"] / result["baseline_static8_tokens_per_s"]
         )
-    if vllm_python:
-        result["vllm_tokens_per_s"] = run_vllm(vllm_python, model.hf_dir, wl, eng["dtype"])
+    if vllm_runs:
+        result["vllm_tokens_per_s"] = sorted(vllm_runs)[len(vllm_runs) // 2]
+        result["vllm_tokens_per_s_runs"] = vllm_runs
         result["ratio_vs_vllm"] = result["tokens_per_s"] / result["vllm_tokens_per_s"]
     result["peak_rss_mb"] = peak_rss_mb()
     result["load_avg_1m"] = {"start": load_before, "end": os.getloadavg()[0]}

@@ -61,6 +61,7 @@ class DevicePlan:
     block_size: int
     num_blocks: int
     packed_linears: bool = False  # CPU: matmuls through oneDNN on prepacked weights
+    attention_kernel: bool = False  # CPU: decode attention through cpu_attention's kernel
 
     @property
     def kv_budget_tokens(self) -> int:
@@ -78,6 +79,7 @@ def plan_device(
     block_size: int = 16,
     gpu_memory_fraction: float = 0.85,
     pack_weights: bool | None = None,
+    attention_kernel: bool | None = None,
 ) -> DevicePlan:
     """Choose device, dtype, slots, per-slot length and the KV block budget.
 
@@ -86,6 +88,8 @@ def plan_device(
     ``pack_weights`` (CPU; default: wherever oneDNN supports the dtype) keeps a packed
     private copy of every projection for oneDNN, about the size of the weights again
     (the loaded weights themselves are memory-mapped and shared between processes).
+    ``attention_kernel`` (CPU; default on) runs decode attention through the C kernel
+    of :mod:`~p2pnode.serving.cpu_attention` where it builds (else torch's attention).
     """
     dev = select_device(device)
     dt = dtype or default_dtype(dev)
@@ -112,4 +116,5 @@ def plan_device(
         slots, max_len = max_batch, want_len
     num_blocks = max(1, budget // (per_tok * block_size))
     packed = dev.type == "cpu" and onednn.available(dt) and pack_weights is not False
-    return DevicePlan(dev, dt, slots, max_len, block_size, num_blocks, packed)
+    kernel = dev.type == "cpu" and attention_kernel is not False
+    return DevicePlan(dev, dt, slots, max_len, block_size, num_blocks, packed, kernel)

@@ -97,6 +97,7 @@ class Engine:
         num_threads: int | None = None,
         aliases: Sequence[str] = (),
         pack_weights: bool | None = None,
+        attention_kernel: bool | None = None,
     ) -> None:
         self.loaded = model
         self._plan_args: dict[str, Any] = dict(
@@ -107,6 +108,7 @@ class Engine:
             kv_cache_mb=kv_cache_mb,
             block_size=block_size,
             pack_weights=pack_weights,
+            attention_kernel=attention_kernel,
         )
         self._max_batch = max_batch
         self._max_step_tokens = max_step_tokens
@@ -133,6 +135,11 @@ class Engine:
     @property
     def tokenizer(self) -> Tokenizer:
         return self.loaded.tokenizer
+
+    @property
+    def decode_kernel(self) -> bool:
+        """Whether decode attention runs in the CPU kernel (:mod:`.cpu_attention`)."""
+        return self._runner is not None and self._runner.decode_kernel is not None
 
     @property
     def max_len(self) -> int:

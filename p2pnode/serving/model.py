@@ -11,14 +11,16 @@ single ``[N, D]`` matrix products (that is where the time goes). Only attention 
 at sequence boundaries, through :class:`AttentionPlan`, which the model runner builds
 once per step:
 
-* decode rows (one new token each) attend over zero-copy slices of the per-slot KV
-  cache, in :class:`DecodeGroup` s the runner chooses: a row alone reads exactly its
-  own prefix ``cache[slot, :, :len]`` with no mask; a group of rows in neighbouring
-  slots reads ``cache[s0:s0+n, :, :longest]`` in one call with a padding mask. One
-  call per row (32 per layer) was mostly per-call overhead, and on a shared 2-core
-  machine every call is an OpenMP fork/join that stalls whenever the other core is
-  busy; one padded call for all rows reads every slot up to the *longest* sequence.
-  The runner weighs the two (cache positions read against calls made);
+* decode rows (one new token each) attend over their own cache prefix
+  ``cache[slot, :, :len]``. On the CPU one call per layer does every row
+  (``AttentionPlan.decode_attention``, the kernel of :mod:`~p2pnode.serving.cpu_attention`).
+  Elsewhere, and where that kernel cannot be built, the rows go to torch's attention in
+  :class:`DecodeGroup` s the runner chooses: a row alone reads exactly its own prefix
+  with no mask; a group of rows in neighbouring slots reads
+  ``cache[s0:s0+n, :, :longest]`` in one call with a padding mask. One call per row
+  (32 per layer) was mostly per-call overhead; one padded call for all rows reads every
+  slot up to the *longest* sequence. The runner weighs the two (cache positions read
+  against calls made);
 * each prefill chunk attends in its own call with a causal mask offset by the tokens
   already cached for that sequence (chunked prefill).
 
@@ -222,6 +224,10 @@ class AttentionPlan:
     decodes: list[tuple[int, int, int]] = field(default_factory=list)  # (row, slot, len)
     decode_groups: list[DecodeGroup] = field(default_factory=list)  # cover ``decodes``
     prefills: list[PrefillSegment] = field(default_factory=list)
+    # Instead of decode_groups: (q [Bd, KVH, g, hd], kc, vc) -> fp32 [Bd, KVH, g, hd]
+    decode_attention: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = (
+        None
+    )
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -316,6 +322,9 @@ class Attention(nn.Module):
         self, q: torch.Tensor, plan: AttentionPlan, kc: torch.Tensor, vc: torch.Tensor
     ) -> torch.Tensor:
         """Attention of every decode row over its own cache prefix -> ``[Bd, H*hd]``."""
+        if plan.decode_attention is not None:  # one call for every row
+            qk = q.view(q.shape[0], self.kvh, self.g, self.hd)  # [Bd, KVH, g, hd]
+            return plan.decode_attention(qk, kc, vc).view(q.shape[0], self.h * self.hd)
         qv = q.view(q.shape[0], self.kvh, self.g, self.hd).to(kc.dtype)  # [Bd, KVH, g, hd]
         sdpa = F.scaled_dot_product_attention
         out = torch.empty_like(qv)  # [Bd, KVH, g, hd]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from p2pnode.serving import onednn
+from p2pnode.serving import cpu_attention, onednn
 from p2pnode.serving.device import DevicePlan
 from p2pnode.serving.loader import LoadedModel
 from p2pnode.serving.model import (
@@ -92,6 +92,10 @@ class ModelRunner:
             onednn.pack_linears(self.model)  # what is left: the lm_head
         self.cache = KVCache.allocate(self.cfg, plan.slots, plan.max_len, plan.dtype, plan.device)
         self.group = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
+        # CPU: every decode row's attention in one kernel call per layer (None: torch's)
+        self.decode_kernel = (
+            cpu_attention.load(self.cfg.hd, self.group) if plan.attention_kernel else None
+        )
         self._finite = [0] * plan.slots  # per slot: positions [0, n) hold finite numbers
         # The cache is allocated uninitialised (and, on the CPU, backed lazily): a
         # sequence's own attention reads only positions it has written, except a padded
@@ -146,9 +150,15 @@ class ModelRunner:
             cos=cos,
             sin=sin,
             decodes=decodes,
-            decode_groups=self._decode_groups(decodes),
             prefills=prefills,
         )
+        if decodes and self.decode_kernel is not None:
+            plan.decode_attention = self.decode_kernel.bind(
+                torch.tensor([s for _r, s, _ln in decodes], dtype=torch.long),
+                torch.tensor([ln for _r, _s, ln in decodes], dtype=torch.long),
+            )
+        else:
+            plan.decode_groups = self._decode_groups(decodes)
         return torch.tensor(ids, dtype=torch.long, device=dev), plan, last_rows
 
     def _decode_groups(self, decodes: Sequence[tuple[int, int, int]]) -> list[DecodeGroup]:
