@@ -230,11 +230,6 @@ class AttentionPlan:
     )
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -271,28 +266,25 @@ class Attention(nn.Module):
         self.qkv_proj = fused
         del self.q_proj, self.k_proj, self.v_proj
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``qk`` ``[N, H + KVH, hd]`` (queries then keys, side by side) and ``v``."""
         n = x.shape[0]
         if self.qkv_proj is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        else:
-            q, k, v = self.qkv_proj(x).split(
-                [self.h * self.hd, self.kvh * self.hd, self.kvh * self.hd], dim=-1
-            )
-        return (
-            q.view(n, self.h, self.hd),
-            k.view(n, self.kvh, self.hd),
-            v.view(n, self.kvh, self.hd),
-        )
+            qk = torch.cat([self.q_proj(x), self.k_proj(x)], dim=-1)
+            return qk.view(n, self.h + self.kvh, self.hd), self.v_proj(x).view(n, self.kvh, self.hd)
+        qkv = self.qkv_proj(x).view(n, self.h + 2 * self.kvh, self.hd)
+        return qkv[:, : self.h + self.kvh], qkv[:, self.h + self.kvh :]
 
     def forward(
         self, x: torch.Tensor, plan: AttentionPlan, kc: torch.Tensor, vc: torch.Tensor
     ) -> torch.Tensor:
         n = x.shape[0]
         h, kvh, g, hd = self.h, self.kvh, self.g, self.hd
-        q, k, v = self._qkv(x)  # [N, H, hd], [N, KVH, hd], [N, KVH, hd]
-        q = q * plan.cos + _rotate_half(q) * plan.sin
-        k = k * plan.cos + _rotate_half(k) * plan.sin
+        qk, v = self._qkv(x)  # [N, H + KVH, hd], [N, KVH, hd]
+        # rotary on queries and keys at once: x*cos + rotate_half(x)*sin, where
+        # rotate_half(x) = (-x2, x1) = roll(x) * (-1, 1), the sign being in plan.sin
+        qk = qk * plan.cos + qk.roll(hd // 2, dims=-1) * plan.sin
+        q, k = qk[:, :h], qk[:, h:]  # [N, H, hd], [N, KVH, hd]
         # write every new row into its slot/position: kc[slot, :, pos] = k[row]
         kc[plan.write_slots, :, plan.write_pos] = k.to(kc.dtype)
         vc[plan.write_slots, :, plan.write_pos] = v.to(vc.dtype)
@@ -421,12 +413,19 @@ class LlamaModel(nn.Module):
                 then(layer)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin ``[N, 1, hd]`` for integer positions ``[N]`` (computed in fp32)."""
+        """cos/sin ``[N, 1, hd]`` for integer positions ``[N]`` (computed in fp32).
+
+        The first half of ``sin`` is negated, so that a rotation is
+        ``x * cos + x.roll(hd // 2, -1) * sin``: the same products as the reference's
+        ``x * cos + rotate_half(x) * sin`` (negating is exact), in fewer kernels.
+        """
         inv: torch.Tensor = self.inv_freq  # type: ignore[assignment]
         freqs = positions.to(torch.float32)[:, None] * inv[None, :]  # [N, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [N, 1, hd]
         dt = self.model.embed_tokens.weight.dtype
-        return emb.cos().to(dt), emb.sin().to(dt)
+        sin = emb.sin()
+        sin[..., : inv.shape[0]].neg_()
+        return emb.cos().to(dt), sin.to(dt)
 
     def forward(self, input_ids: torch.Tensor, plan: AttentionPlan, cache: KVCache) -> torch.Tensor:
         """Hidden states ``[N, D]`` after the final norm, for flat ``input_ids`` ``[N]``."""
