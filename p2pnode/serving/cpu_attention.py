@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -38,7 +38,9 @@ import torch.nn.functional as F
 
 from p2pnode.serving.loader import cache_dir
 
-__all__ = ["DecodeAttention", "load"]
+__all__ = ["DTYPES", "DecodeAttention", "load"]
+
+DTYPES = (torch.float32, torch.bfloat16)  # cache dtypes the kernel reads
 
 logger = logging.getLogger(__name__)
 
@@ -79,31 +81,61 @@ class DecodeAttention:
     ) -> torch.Tensor:
         """``q`` ``[R, KVH, g, hd]``; ``kc``/``vc`` ``[slots, KVH, max_len, hd]`` → fp32 like q.
 
-        ``slots``/``lens`` are ``[R]`` int64: each row attends over positions
-        ``0 .. lens[r]`` of its slot, which must all have been written.
+        ``slots``/``lens`` are ``[R]`` integers: row ``r`` attends over positions
+        ``0 .. lens[r]`` of slot ``slots[r]``, which must all have been written.
         """
+        s, n = slots.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
+        bounds = (int(s.min()), int(s.max()), int(n.min()), int(n.max())) if len(s) else None
+        return self._run(q, kc, vc, s, n, bounds)
+
+    def bind(
+        self, slots: Sequence[int], lens: Sequence[int]
+    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The call for one step's rows, ``(q, kc, vc) -> out``, as the model makes it."""
+        s = torch.tensor(slots, dtype=torch.int64)
+        n = torch.tensor(lens, dtype=torch.int64)
+        bounds = (min(slots), max(slots), min(lens), max(lens)) if slots else None
+        return lambda q, kc, vc: self._run(q, kc, vc, s, n, bounds)
+
+    def _run(
+        self,
+        q: torch.Tensor,
+        kc: torch.Tensor,
+        vc: torch.Tensor,
+        slots: torch.Tensor,
+        lens: torch.Tensor,
+        bounds: tuple[int, int, int, int] | None,
+    ) -> torch.Tensor:
         rows, kvh, g, hd = q.shape
         fn = self._fns.get(kc.dtype)
-        if (
-            fn is None
-            or (g, hd) != (self.group, self.head_dim)
-            or kc.device.type != "cpu"
-            or kc.shape != vc.shape
-            or kc.dtype != vc.dtype
-            or kc.shape[1] != kvh
-            or kc.shape[3] != hd
-            or not (kc.is_contiguous() and vc.is_contiguous())
-            or slots.shape != (rows,)
-            or lens.shape != (rows,)
-        ):
+        fits = (
+            fn is not None
+            and (g, hd) == (self.group, self.head_dim)
+            and kc.device.type == "cpu"
+            and kc.shape == vc.shape
+            and kc.dtype == vc.dtype
+            and kc.dim() == 4
+            and (kc.shape[1], kc.shape[3]) == (kvh, hd)
+            and kc.is_contiguous()
+            and vc.is_contiguous()
+            and slots.shape == lens.shape == (rows,)
+        )
+        if not fits:
             raise ValueError(
                 f"decode attention: q {tuple(q.shape)}, cache {tuple(kc.shape)} {kc.dtype}"
                 f" do not fit a kernel built for group {self.group}, head dim {self.head_dim}"
             )
+        out = torch.empty(q.shape, dtype=torch.float32)
+        if bounds is None:
+            return out
+        lo_slot, hi_slot, lo_len, hi_len = bounds
+        if lo_slot < 0 or hi_slot >= kc.shape[0] or lo_len < 1 or hi_len > kc.shape[2]:
+            raise ValueError(
+                f"decode attention: slots {lo_slot}..{hi_slot}, lengths {lo_len}..{hi_len}"
+                f" outside a cache of {kc.shape[0]} slots x {kc.shape[2]} positions"
+            )
         qf = q.to(torch.float32).contiguous()
-        slots = slots.to(torch.int64).contiguous()
-        lens = lens.to(torch.int64).contiguous()
-        out = torch.empty_like(qf)
+        assert fn is not None
         rc = fn(
             qf.data_ptr(),
             kc.data_ptr(),
@@ -120,12 +152,6 @@ class DecodeAttention:
         if rc != 0:
             raise MemoryError("decode attention: a thread could not allocate its scores")
         return out
-
-    def bind(
-        self, slots: torch.Tensor, lens: torch.Tensor
-    ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The call for one step's rows: ``(q, kc, vc) -> out``, as the model takes it."""
-        return lambda q, kc, vc: self(q, kc, vc, slots, lens)
 
 
 def _compiler() -> str | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from p2pnode.serving import onednn
+from p2pnode.serving import cpu_attention, onednn
 from p2pnode.serving.model import LlamaConfig
 
 __all__ = ["DevicePlan", "plan_device", "select_device"]
@@ -116,5 +116,5 @@ def plan_device(
         slots, max_len = max_batch, want_len
     num_blocks = max(1, budget // (per_tok * block_size))
     packed = dev.type == "cpu" and onednn.available(dt) and pack_weights is not False
-    kernel = dev.type == "cpu" and attention_kernel is not False
+    kernel = dev.type == "cpu" and dt in cpu_attention.DTYPES and attention_kernel is not False
     return DevicePlan(dev, dt, slots, max_len, block_size, num_blocks, packed, kernel)

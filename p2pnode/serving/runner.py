@@ -154,8 +154,7 @@ class ModelRunner:
         )
         if decodes and self.decode_kernel is not None:
             plan.decode_attention = self.decode_kernel.bind(
-                torch.tensor([s for _r, s, _ln in decodes], dtype=torch.long),
-                torch.tensor([ln for _r, _s, ln in decodes], dtype=torch.long),
+                [s for _r, s, _ln in decodes], [ln for _r, _s, ln in decodes]
             )
         else:
             plan.decode_groups = self._decode_groups(decodes)

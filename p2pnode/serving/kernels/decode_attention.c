@@ -44,6 +44,10 @@ static inline __attribute__((always_inline)) void attend(const float *q, const v
                                                          int64_t stride, float scale, float *p,
                                                          float *out, int bf16) {
     float row[HEAD_DIM], acc[GROUP][HEAD_DIM] = {{0}}, inv[GROUP];
+    if (n <= 0) { /* nothing to attend to (the caller never asks): zeros, not garbage */
+        for (int j = 0; j < GROUP * HEAD_DIM; j++) out[j] = 0.0f;
+        return;
+    }
     for (int64_t l = 0; l < n; l++) { /* scores: q . K[l] */
 #pragma omp simd
         for (int d = 0; d < HEAD_DIM; d++) row[d] = at(k, l * HEAD_DIM + d, bf16);

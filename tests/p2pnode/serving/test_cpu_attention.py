@@ -127,3 +127,16 @@ async def test_engine_with_and_without_the_kernel_agree(
         assert a.token_ids == b.token_ids
         diffs = [abs(x.logprob - y.logprob) for x, y in zip(a.logprobs, b.logprobs, strict=True)]
         assert all(math.isfinite(d) for d in diffs) and max(diffs) < tol
+
+
+def test_kernel_refuses_rows_outside_the_cache() -> None:
+    kernel = cpu_attention.load(16, 2)
+    assert kernel is not None
+    kc = torch.zeros(2, 1, 8, 16)
+    q = torch.zeros(1, 1, 2, 16)
+    for slots, lens in (([2], [1]), ([-1], [1]), ([0], [9]), ([0], [0])):
+        with pytest.raises(ValueError, match="outside a cache of 2 slots x 8 positions"):
+            kernel(q, kc, kc, torch.tensor(slots), torch.tensor(lens))
+        with pytest.raises(ValueError, match="outside a cache"):
+            kernel.bind(slots, lens)(q, kc, kc)
+    assert kernel.bind([1], [8])(q, kc, kc).shape == q.shape  # the whole slot is fine
