@@ -84,9 +84,7 @@ class DecodeAttention:
         ``slots``/``lens`` are ``[R]`` integers: row ``r`` attends over positions
         ``0 .. lens[r]`` of slot ``slots[r]``, which must all have been written.
         """
-        s, n = slots.to(torch.int64).contiguous(), lens.to(torch.int64).contiguous()
-        bounds = (int(s.min()), int(s.max()), int(n.min()), int(n.max())) if len(s) else None
-        return self._run(q, kc, vc, s, n, bounds)
+        return self.bind(slots.tolist(), lens.tolist())(q, kc, vc)
 
     def bind(
         self, slots: Sequence[int], lens: Sequence[int]
@@ -94,18 +92,17 @@ class DecodeAttention:
         """The call for one step's rows, ``(q, kc, vc) -> out``, as the model makes it."""
         s = torch.tensor(slots, dtype=torch.int64)
         n = torch.tensor(lens, dtype=torch.int64)
-        bounds = (min(slots), max(slots), min(lens), max(lens)) if slots else None
-        return lambda q, kc, vc: self._run(q, kc, vc, s, n, bounds)
+        rows_at = (s, n, (min(slots), max(slots), min(lens), max(lens)) if slots else None)
+        return lambda q, kc, vc: self._run(q, kc, vc, rows_at)
 
     def _run(
         self,
         q: torch.Tensor,
         kc: torch.Tensor,
         vc: torch.Tensor,
-        slots: torch.Tensor,
-        lens: torch.Tensor,
-        bounds: tuple[int, int, int, int] | None,
+        rows_at: tuple[torch.Tensor, torch.Tensor, tuple[int, int, int, int] | None],
     ) -> torch.Tensor:
+        slots, lens, bounds = rows_at  # [R] slot, [R] length; their extremes (None: no rows)
         rows, kvh, g, hd = q.shape
         fn = self._fns.get(kc.dtype)
         fits = (
