@@ -13,8 +13,8 @@ faster than the padded calls for 32 rows of 100-400 positions.
 How: the C source is compiled with the system compiler (``$CC``, else ``cc``) with
 ``HEAD_DIM`` and ``GROUP`` fixed to the model's shape, then loaded with ``ctypes``
 (no torch headers, about a second to build). The library goes to
-``$HEARTH_CACHE_DIR/kernels/``, named by a hash of the source, the flags, the compiler
-and the shape, so it is built once per machine. If there is no compiler, the build
+``$HEARTH_CACHE_DIR/kernels/``, named by a hash of the source, the flags, the compiler,
+the CPU's feature flags and the shape, so it is built once per machine. If there is no compiler, the build
 fails, or the result disagrees with ``scaled_dot_product_attention`` on a random
 probe, :func:`load` returns None and the engine keeps the padded calls.
 """
@@ -156,6 +156,22 @@ def _compiler() -> str | None:
     return shutil.which(cc)
 
 
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU's feature flags where Linux lists them.
+
+    Part of the library's name, so a cache directory shared between machines (a network
+    home) never hands one CPU a library built with instructions it lacks.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[-1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
 def _library_path(cc: str, head_dim: int, group: int) -> Path:
     version = subprocess.run(
         [cc, "--version"], capture_output=True, text=True, timeout=30, check=False
@@ -166,6 +182,7 @@ def _library_path(cc: str, head_dim: int, group: int) -> Path:
         " ".join(_COMPILE + _LINK).encode(),
         version.encode(),
         platform.machine().encode(),
+        _cpu_signature().encode(),
         f"{head_dim}/{group}".encode(),
     ):
         key.update(part)

@@ -140,3 +140,14 @@ def test_kernel_refuses_rows_outside_the_cache() -> None:
         with pytest.raises(ValueError, match="outside a cache"):
             kernel.bind(slots, lens)(q, kc, kc)
     assert kernel.bind([1], [8])(q, kc, kc).shape == q.shape  # the whole slot is fine
+
+
+def test_library_name_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache shared by two machines never gives one CPU the other's -march=native build."""
+    cc = cpu_attention._compiler()
+    assert cc is not None
+    here = cpu_attention._library_path(cc, 64, 3)
+    assert cpu_attention._library_path(cc, 64, 3) == here
+    assert cpu_attention._library_path(cc, 64, 4) != here
+    monkeypatch.setattr(cpu_attention, "_cpu_signature", lambda: "fpu sse sse2")
+    assert cpu_attention._library_path(cc, 64, 3) != here
