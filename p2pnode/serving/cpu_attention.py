@@ -14,9 +14,10 @@ How: the C source is compiled with the system compiler (``$CC``, else ``cc``) wi
 ``HEAD_DIM`` and ``GROUP`` fixed to the model's shape, then loaded with ``ctypes``
 (no torch headers, about a second to build). The library goes to
 ``$HEARTH_CACHE_DIR/kernels/``, named by a hash of the source, the flags, the compiler,
-the CPU's feature flags and the shape, so it is built once per machine. If there is no compiler, the build
-fails, or the result disagrees with ``scaled_dot_product_attention`` on a random
-probe, :func:`load` returns None and the engine keeps the padded calls.
+the CPU's feature flags and the shape, so it is built once per machine. If there is
+no compiler, the build fails, or the result disagrees with
+``scaled_dot_product_attention`` on a random probe, :func:`load` returns None and the
+engine keeps the padded calls.
 """
 
 from __future__ import annotations
