@@ -17,14 +17,24 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 /// `redeem` pays the difference between the voucher and what the channel already
 /// redeemed, minus the protocol fee (basis points, accrued for the treasury).
 ///
-/// Epochs let a buyer that lost track of its cumulative total start a channel afresh:
-/// once a voucher of epoch `e` is redeemed, vouchers of earlier epochs are void and the
-/// redeemed counter restarts at zero. A provider therefore redeems old epochs first.
+/// Epochs let a channel start afresh: once a voucher of epoch `e` is redeemed, vouchers
+/// of earlier epochs are void and the redeemed counter restarts at zero. Only the
+/// channel's provider can make that happen (`PaymentHubEpochAdvanceByProviderOnly`):
+/// it holds the old epoch's vouchers and redeems them first, so no buyer can void what
+/// it owes by redeeming a small voucher of a newer epoch itself.
+///
+/// Collateral: a buyer `lock`s part of its balance for one provider. A redemption draws
+/// on that channel's lock first and only then on the buyer's free balance, so money
+/// locked for a provider cannot be taken by vouchers the buyer signed to others. A
+/// provider that accepts vouchers only up to `redeemed + locked - unlocking` of its
+/// channel (see `collateral`) is paid in full whatever the buyer promised elsewhere.
+/// Releasing a lock takes the same notice as a withdrawal (`requestUnlock`, then
+/// `executeUnlock`), during which the provider can still redeem.
 ///
 /// Withdrawals take a notice period (`withdrawalDelay`) during which providers can still
 /// redeem the buyer's vouchers; the buyer receives what is left when the notice ends.
-/// If a buyer's balance cannot cover a voucher, `redeem` pays what there is and the rest
-/// stays redeemable later.
+/// If a buyer's lock and balance cannot cover a voucher, `redeem` pays what there is and
+/// the rest stays redeemable later.
 contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
@@ -62,6 +72,9 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
     mapping(address buyer => mapping(address token => uint256)) private _balances;
     mapping(address buyer => mapping(address provider => mapping(address token => Channel))) private _channels;
     mapping(address buyer => mapping(address token => PendingWithdrawal)) private _withdrawals;
+    mapping(address buyer => mapping(address provider => mapping(address token => uint256))) private _locked;
+    mapping(address buyer => mapping(address provider => mapping(address token => PendingWithdrawal))) private
+        _unlocks;
     mapping(address token => uint256) private _fees;
 
     error PaymentHubZeroAmount();
@@ -70,6 +83,9 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
     error PaymentHubInvalidSignature(uint8 reason);
     error PaymentHubWrongSigner(address recovered, address buyer);
     error PaymentHubStaleEpoch(uint64 voucherEpoch, uint64 channelEpoch);
+    error PaymentHubEpochAdvanceByProviderOnly(uint64 voucherEpoch, uint64 channelEpoch, address caller);
+    error PaymentHubInsufficientBalance(uint256 available, uint256 requested);
+    error PaymentHubNoUnlockPending(address buyer, address provider, address token);
     error PaymentHubNothingToRedeem(uint256 cumulativeAmount, uint256 alreadyRedeemed);
     error PaymentHubBuyerBalanceEmpty(address buyer, address token);
     error PaymentHubAmountTooLarge(uint256 amount);
@@ -93,6 +109,16 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
         uint256 cumulativeAmount,
         uint64 epoch
     );
+    /// @notice `buyer` locked `amount` of `token` for `provider`; `locked` is the new total.
+    event Locked(address indexed buyer, address indexed provider, address indexed token, uint256 amount, uint256 locked);
+    /// @notice `buyer` gave notice to release `amount` of its lock for `provider` at `unlockAt`.
+    event UnlockRequested(
+        address indexed buyer, address indexed provider, address indexed token, uint256 amount, uint64 unlockAt
+    );
+    /// @notice `buyer` withdrew its notice to release a lock for `provider`.
+    event UnlockCancelled(address indexed buyer, address indexed provider, address indexed token);
+    /// @notice `amount` of `buyer`'s lock for `provider` went back to its free balance.
+    event Unlocked(address indexed buyer, address indexed provider, address indexed token, uint256 amount);
     /// @notice `buyer` gave notice to withdraw `amount` of `token` at `unlockAt`.
     event WithdrawalRequested(address indexed buyer, address indexed token, uint256 amount, uint64 unlockAt);
     /// @notice `buyer` withdrew its pending withdrawal notice.
@@ -166,11 +192,59 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
         if (amount > 0) IERC20(token).safeTransfer(msg.sender, amount);
     }
 
+    /// @notice Lock `amount` of the free balance of `token` for `provider`: only vouchers
+    /// to that provider can draw on it, until a notice to release it (`requestUnlock`) ends.
+    function lock(address provider, address token, uint256 amount) external {
+        if (amount == 0) revert PaymentHubZeroAmount();
+        if (provider == address(0)) revert PaymentHubZeroAddress();
+        uint256 bal = _balances[msg.sender][token];
+        if (amount > bal) revert PaymentHubInsufficientBalance(bal, amount);
+        _balances[msg.sender][token] = bal - amount;
+        uint256 total = _locked[msg.sender][provider][token] + amount;
+        _locked[msg.sender][provider][token] = total;
+        emit Locked(msg.sender, provider, token, amount, total);
+    }
+
+    /// @notice Give notice to release `amount` of the lock for `provider` back to the free
+    /// balance; replaces any earlier notice for that provider. The provider can still
+    /// redeem until the notice ends.
+    function requestUnlock(address provider, address token, uint256 amount) external {
+        if (amount == 0) revert PaymentHubZeroAmount();
+        if (amount > type(uint192).max) revert PaymentHubAmountTooLarge(amount);
+        uint64 unlockAt = uint64(block.timestamp) + withdrawalDelay;
+        _unlocks[msg.sender][provider][token] = PendingWithdrawal(uint192(amount), unlockAt);
+        emit UnlockRequested(msg.sender, provider, token, amount, unlockAt);
+    }
+
+    /// @notice Withdraw a pending notice to release a lock (the lock stays).
+    function cancelUnlock(address provider, address token) external {
+        if (_unlocks[msg.sender][provider][token].unlockAt == 0) {
+            revert PaymentHubNoUnlockPending(msg.sender, provider, token);
+        }
+        delete _unlocks[msg.sender][provider][token];
+        emit UnlockCancelled(msg.sender, provider, token);
+    }
+
+    /// @notice After the notice ends, move the requested part of the lock for `provider`
+    /// (or what redemptions left of it) back to the free balance.
+    function executeUnlock(address provider, address token) external {
+        PendingWithdrawal memory u = _unlocks[msg.sender][provider][token];
+        if (u.unlockAt == 0) revert PaymentHubNoUnlockPending(msg.sender, provider, token);
+        if (block.timestamp < u.unlockAt) revert PaymentHubWithdrawalNotReady(u.unlockAt, uint64(block.timestamp));
+        uint256 locked = _locked[msg.sender][provider][token];
+        uint256 amount = u.amount < locked ? u.amount : locked;
+        delete _unlocks[msg.sender][provider][token];
+        _locked[msg.sender][provider][token] = locked - amount;
+        _balances[msg.sender][token] += amount;
+        emit Unlocked(msg.sender, provider, token, amount);
+    }
+
     // -------------------------------------------------------------- providers
 
     /// @notice Redeem one voucher: pays `voucher.provider` what the channel has not yet
-    /// redeemed (capped by the buyer's balance), minus the protocol fee. Anyone may
-    /// submit it; the money always goes to the provider named in the voucher.
+    /// redeemed (from the channel's lock first, then the buyer's free balance), minus the
+    /// protocol fee. Anyone may submit it (the money always goes to the provider named
+    /// in the voucher), but only that provider may submit a voucher of a newer epoch.
     /// @return paid the gross amount taken from the buyer (fee included).
     function redeem(Voucher calldata voucher, bytes calldata signature) external nonReentrant returns (uint256 paid) {
         uint256 fee;
@@ -234,7 +308,7 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
 
     // ------------------------------------------------------------------ views
 
-    /// @notice `buyer`'s deposited balance of `token` (pending withdrawals included).
+    /// @notice `buyer`'s free balance of `token` (pending withdrawals included, locks not).
     function balanceOf(address buyer, address token) external view returns (uint256) {
         return _balances[buyer][token];
     }
@@ -247,6 +321,18 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
     {
         Channel memory c = _channels[buyer][provider][token];
         return (c.redeemed, c.epoch);
+    }
+
+    /// @notice What `buyer` locked for `provider` in `token`, the part under notice to be
+    /// released and when that notice ends (0 when none). A provider is sure to be paid
+    /// vouchers up to `redeemed + locked - unlocking` of the channel.
+    function collateral(address buyer, address provider, address token)
+        external
+        view
+        returns (uint256 locked, uint256 unlocking, uint64 unlockAt)
+    {
+        PendingWithdrawal memory u = _unlocks[buyer][provider][token];
+        return (_locked[buyer][provider][token], u.amount, u.unlockAt);
     }
 
     /// @notice `buyer`'s pending withdrawal of `token` (0, 0 when none).
@@ -293,14 +379,20 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
 
         Channel memory c = _channels[v.buyer][v.provider][v.token];
         if (v.epoch < c.epoch) revert PaymentHubStaleEpoch(v.epoch, c.epoch);
+        if (v.epoch > c.epoch && msg.sender != v.provider) {
+            revert PaymentHubEpochAdvanceByProviderOnly(v.epoch, c.epoch, msg.sender);
+        }
         uint256 already = v.epoch == c.epoch ? c.redeemed : 0;
         if (v.cumulativeAmount <= already) {
             if (strict) revert PaymentHubNothingToRedeem(v.cumulativeAmount, already);
             return (0, 0);
         }
         owed = v.cumulativeAmount - already;
+        uint256 locked = _locked[v.buyer][v.provider][v.token];
+        uint256 fromLock = owed < locked ? owed : locked;
         uint256 bal = _balances[v.buyer][v.token];
-        if (owed > bal) owed = bal;
+        uint256 fromBalance = owed - fromLock < bal ? owed - fromLock : bal;
+        owed = fromLock + fromBalance;
         if (owed == 0) {
             if (strict) revert PaymentHubBuyerBalanceEmpty(v.buyer, v.token);
             return (0, 0);
@@ -309,7 +401,8 @@ contract PaymentHub is EIP712, Ownable, ReentrancyGuardTransient {
 
         uint256 newRedeemed = already + owed;
         _channels[v.buyer][v.provider][v.token] = Channel(v.epoch, uint192(newRedeemed));
-        _balances[v.buyer][v.token] = bal - owed;
+        if (fromLock > 0) _locked[v.buyer][v.provider][v.token] = locked - fromLock;
+        if (fromBalance > 0) _balances[v.buyer][v.token] = bal - fromBalance;
         _emitRedeemed(v, owed, fee, newRedeemed);
     }
 

@@ -7,9 +7,16 @@ import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 /// @title ProviderRegistry
-/// @notice Providers stake `stakeToken` to bid and bind their libp2p peer id to their
-/// Ethereum address. Stake is what makes Sybil bidding cost: a provider is *active*
-/// while its bonded stake is at least `minStake`.
+/// @notice Providers stake `stakeToken` to bid and name the libp2p peer id they bid
+/// as. Stake is what makes Sybil bidding cost: a provider is *active* while its bonded
+/// stake is at least `minStake`.
+///
+/// The registry maps each address to the peer id *it* claims, never a peer id to an
+/// owner: a buyer trusts a bid only when the bid is signed by peer id P, names address
+/// A, and A's record names P (`isActiveFor(A, P)`). Both keys then vouch for the pair
+/// (the ed25519 key in the signed bid, the Ethereum key in the registration), so anyone
+/// may write any peer id into their own record without blocking or impersonating the
+/// peer that really holds it.
 ///
 /// Leaving takes `unbondingDelay`: unbonding stake stays slashable until it is
 /// withdrawn, so a provider cannot escape a slash by unbonding first. Holders of
@@ -37,13 +44,11 @@ contract ProviderRegistry is AccessControl, ReentrancyGuardTransient {
 
     address private _slashRecipient;
     mapping(address provider => Provider) private _providers;
-    mapping(bytes32 peerIdHash => address provider) private _byPeerId;
 
     error ProviderRegistryZeroAmount();
     error ProviderRegistryZeroAddress();
     error ProviderRegistryBelowMinStake(uint256 stake, uint256 minStake);
     error ProviderRegistryBadPeerId();
-    error ProviderRegistryPeerIdTaken(string peerId, address owner);
     error ProviderRegistryNotRegistered(address provider);
     error ProviderRegistryInsufficientStake(uint256 requested, uint256 available);
     error ProviderRegistryUnbondingNotReady(uint64 unlockAt, uint64 nowTs);
@@ -82,19 +87,15 @@ contract ProviderRegistry is AccessControl, ReentrancyGuardTransient {
         if (arbiter != address(0)) _grantRole(ARBITER_ROLE, arbiter);
     }
 
-    /// @notice Register (or re-register) `peerId` and bond `amount` more stake; the
-    /// bonded total must reach `minStake`. Approve this contract first.
+    /// @notice Register (or re-register) the peer id `peerId` the caller bids as, and bond
+    /// `amount` more stake; the bonded total must reach `minStake`. Approve this contract
+    /// first. A peer id is not exclusive: see the contract's notes.
     function register(string calldata peerId, uint256 amount) external nonReentrant {
         bytes memory raw = bytes(peerId);
         if (raw.length == 0 || raw.length > 128) revert ProviderRegistryBadPeerId();
-        bytes32 h = keccak256(raw);
-        address owner = _byPeerId[h];
-        if (owner != address(0) && owner != msg.sender) revert ProviderRegistryPeerIdTaken(peerId, owner);
         Provider storage p = _providers[msg.sender];
         uint256 newStake = p.stake + amount;
         if (newStake < minStake || newStake == 0) revert ProviderRegistryBelowMinStake(newStake, minStake);
-        if (bytes(p.peerId).length != 0) delete _byPeerId[keccak256(bytes(p.peerId))];
-        _byPeerId[h] = msg.sender;
         p.peerId = peerId;
         p.stake = newStake;
         emit ProviderRegistered(msg.sender, peerId, newStake);
@@ -175,9 +176,12 @@ contract ProviderRegistry is AccessControl, ReentrancyGuardTransient {
         return bytes(p.peerId).length != 0 && p.stake >= minStake && p.stake > 0;
     }
 
-    /// @notice The address that registered `peerId` (zero if none).
-    function providerOfPeerId(string calldata peerId) external view returns (address) {
-        return _byPeerId[keccak256(bytes(peerId))];
+    /// @notice Whether `provider` is active and registered `peerId` as the peer id it bids
+    /// as: the one check a buyer makes of a bid signed by `peerId` that names `provider`.
+    function isActiveFor(address provider, string calldata peerId) external view returns (bool) {
+        Provider storage p = _providers[provider];
+        return p.stake >= minStake && p.stake > 0 && keccak256(bytes(p.peerId)) == keccak256(bytes(peerId))
+            && bytes(peerId).length != 0;
     }
 
     /// @notice Where slashed stake goes.

@@ -18,6 +18,7 @@ from market.chain.client import ChainClient, Receipt, SignedTx
 from market.chain.voucher import Voucher, VoucherDomain
 
 __all__ = [
+    "Collateral",
     "Erc20",
     "PaymentHub",
     "ProviderInfo",
@@ -112,6 +113,19 @@ class PaymentHub(_Wrapper):
         )
         return int(amount), int(epoch)
 
+    def collateral(self, buyer: Address, provider: Address, token: Address) -> Collateral:
+        """What ``buyer`` locked for ``provider`` (see :class:`Collateral`)."""
+        locked, unlocking, unlock_at = self.client.call(
+            self._fn("collateral", _cs(buyer), _cs(provider), _cs(token))
+        )
+        return Collateral(int(locked), int(unlocking), int(unlock_at))
+
+    def cover(self, buyer: Address, provider: Address, token: Address) -> int:
+        """The cumulative voucher amount the channel is sure to pay: what it redeemed in its
+        current epoch plus the lock, less the part under notice to be released."""
+        redeemed, _epoch = self.redeemed(buyer, provider, token)
+        return redeemed + self.collateral(buyer, provider, token).firm
+
     def pending_withdrawal(self, buyer: Address, token: Address) -> tuple[int, int]:
         """``(amount, unlock_at)`` of the buyer's withdrawal notice; ``(0, 0)`` if none."""
         amount, unlock_at = self.client.call(self._fn("pendingWithdrawal", _cs(buyer), _cs(token)))
@@ -146,6 +160,19 @@ class PaymentHub(_Wrapper):
     def execute_withdrawal(self, token: Address) -> Receipt:
         return self.client.transact(self._fn("executeWithdrawal", _cs(token)))
 
+    def lock(self, provider: Address, token: Address, amount: int) -> Receipt:
+        """Lock `amount` of the free balance for `provider` (its vouchers draw on it first)."""
+        return self.client.transact(self._fn("lock", _cs(provider), _cs(token), amount))
+
+    def request_unlock(self, provider: Address, token: Address, amount: int) -> Receipt:
+        return self.client.transact(self._fn("requestUnlock", _cs(provider), _cs(token), amount))
+
+    def cancel_unlock(self, provider: Address, token: Address) -> Receipt:
+        return self.client.transact(self._fn("cancelUnlock", _cs(provider), _cs(token)))
+
+    def execute_unlock(self, provider: Address, token: Address) -> Receipt:
+        return self.client.transact(self._fn("executeUnlock", _cs(provider), _cs(token)))
+
     # provider writes
     def redeem_fn(self, sv: SignedVoucher) -> Any:
         return self._fn("redeem", sv.voucher.as_abi_tuple(), sv.signature)
@@ -174,6 +201,20 @@ class PaymentHub(_Wrapper):
 
     def set_fee_bps(self, fee_bps: int) -> Receipt:
         return self.client.transact(self._fn("setFeeBps", fee_bps))
+
+
+@dataclass(frozen=True, slots=True)
+class Collateral:
+    """Money a buyer locked for one provider: only that provider's vouchers draw on it."""
+
+    locked: int
+    unlocking: int  # part of `locked` under notice to go back to the buyer
+    unlock_at: int  # when that notice ends (0: none)
+
+    @property
+    def firm(self) -> int:
+        """The part of the lock that stays whatever the buyer does next."""
+        return max(0, self.locked - self.unlocking)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +260,9 @@ class ProviderRegistry(_Wrapper):
     def is_active(self, provider: Address) -> bool:
         return bool(self.client.call(self._fn("isActive", _cs(provider))))
 
-    def provider_of_peer_id(self, peer_id: str) -> str:
-        return str(self.client.call(self._fn("providerOfPeerId", peer_id)))
+    def is_active_for(self, provider: Address, peer_id: str) -> bool:
+        """Whether `provider` is active *and* registered `peer_id` as the peer id it bids as."""
+        return bool(self.client.call(self._fn("isActiveFor", _cs(provider), peer_id)))
 
     def min_stake(self) -> int:
         return int(self.client.call(self._fn("minStake")))

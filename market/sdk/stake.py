@@ -1,8 +1,12 @@
 """Only staked providers may win: the buyer's Sybil check against the ProviderRegistry.
 
-A bid names a peer id and an Ethereum address. It counts only if the registry says
-that address is an active (staked, not unbonding below the minimum) provider *and*
-registered that very peer id — so a thousand fresh peer ids cost a thousand stakes.
+A bid is signed by a peer id and names an Ethereum address. It counts only if the
+registry says that address is an active (staked, not unbonding below the minimum)
+provider *and* that address registered that very peer id — so a thousand fresh peer
+ids cost a thousand stakes. The registry maps addresses to peer ids, never peer ids to
+an owner: someone who writes another node's peer id into its own record gains nothing
+(it cannot sign that node's bids) and blocks nothing (the real owner's record still
+names it).
 Answers are cached for ``ttl_s`` (stake changes slowly: unbonding takes days), so the
 chain is read once per provider, not per bid.
 """
@@ -72,9 +76,6 @@ class StakeCheck:
         """A check backed by a :class:`market.chain.contracts.ProviderRegistry`."""
 
         def lookup(peer_id: str, address: bytes) -> bool:
-            owner = registry.provider_of_peer_id(peer_id)  # type: ignore[attr-defined]
-            if bytes.fromhex(owner[2:]) != address:
-                return False
-            return bool(registry.is_active(address))  # type: ignore[attr-defined]
+            return bool(registry.is_active_for(address, peer_id))  # type: ignore[attr-defined]
 
         return cls(lookup, **kwargs)  # type: ignore[arg-type]

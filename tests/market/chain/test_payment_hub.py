@@ -141,6 +141,81 @@ def test_new_epoch_restarts_channel_and_voids_older(market: Market) -> None:
     assert hub.balance_of(market.buyer.address, tok.address) == DEPOSIT - 5_700
 
 
+def test_buyer_cannot_void_what_it_owes_with_a_newer_epoch(market: Market) -> None:
+    """Issue 13.1: the provider holds an unredeemed epoch-0 voucher worth 279. The buyer
+    signs a 1-unit voucher of epoch 1 and redeems it itself, which used to void the 279.
+    Only the channel's provider may make a newer epoch visible."""
+    tok = market.token
+    owed = market.signed(279, epoch=0)
+    attack = market.signed(1, epoch=1)
+    err = _reverts("PaymentHubEpochAdvanceByProviderOnly", market.hub(market.buyer).redeem, attack)
+    assert err.args_decoded[:2] == (1, 0)
+    # nor through the batch path, nor by any other third party
+    stranger = market.new_account(market.admin)
+    _reverts("PaymentHubEpochAdvanceByProviderOnly", market.hub(stranger).redeem_many, [attack])
+    provider_hub = market.hub(market.provider)
+    provider_hub.redeem(owed)  # the provider is paid in full
+    assert provider_hub.redeemed(market.buyer.address, market.provider.address, tok.address) == (
+        279,
+        0,
+    )
+    # a third party may still submit the provider's vouchers of the current epoch: it
+    # only pays the provider
+    market.hub(stranger).redeem(market.signed(300, epoch=0))
+    assert (
+        provider_hub.redeemed(market.buyer.address, market.provider.address, tok.address)[0] == 300
+    )
+
+
+def test_locked_collateral_is_safe_from_vouchers_to_other_providers(market: Market) -> None:
+    """Issue 13.3: a buyer promises its whole deposit to two providers. Money it locked
+    for the first cannot be taken by the second, whoever redeems first."""
+    tok = market.token
+    first, second = market.provider, market.new_account(market.admin)
+    buyer_hub = market.hub(market.buyer)
+    buyer_hub.lock(first.address, tok.address, 400_000)
+    assert buyer_hub.balance_of(market.buyer.address, tok.address) == DEPOSIT - 400_000
+    c = buyer_hub.collateral(market.buyer.address, first.address, tok.address)
+    assert (c.locked, c.firm) == (400_000, 400_000)
+    assert buyer_hub.cover(market.buyer.address, first.address, tok.address) == 400_000
+    # the second provider redeems a voucher for the whole deposit first
+    market.hub(second).redeem(market.signed(DEPOSIT, provider=second))
+    assert buyer_hub.balance_of(market.buyer.address, tok.address) == 0
+    # the first is still paid what the lock covers, from the lock
+    market.hub(first).redeem(market.signed(400_000))
+    assert buyer_hub.redeemed(market.buyer.address, first.address, tok.address)[0] == 400_000
+    assert buyer_hub.collateral(market.buyer.address, first.address, tok.address).locked == 0
+    # redemptions from the lock leave the cover where it was: vouchers up to it are paid
+    assert buyer_hub.cover(market.buyer.address, first.address, tok.address) == 400_000
+    _reverts("PaymentHubInsufficientBalance", buyer_hub.lock, first.address, tok.address, 1)
+
+
+def test_unlock_takes_notice_and_the_provider_redeems_meanwhile(market: Market) -> None:
+    tok = market.token
+    buyer_hub = market.hub(market.buyer)
+    buyer_hub.lock(market.provider.address, tok.address, 500_000)
+    _reverts(
+        "PaymentHubNoUnlockPending", buyer_hub.execute_unlock, market.provider.address, tok.address
+    )
+    buyer_hub.request_unlock(market.provider.address, tok.address, 500_000)
+    c = buyer_hub.collateral(market.buyer.address, market.provider.address, tok.address)
+    assert (c.locked, c.unlocking, c.firm) == (500_000, 500_000, 0)
+    assert c.unlock_at > market.admin.timestamp()
+    _reverts(
+        "PaymentHubWithdrawalNotReady",
+        buyer_hub.execute_unlock,
+        market.provider.address,
+        tok.address,
+    )
+    market.hub(market.provider).redeem(market.signed(200_000))  # honoured during the notice
+    market.admin.advance_time(market.deployment.withdrawal_delay_s + 1)
+    buyer_hub.execute_unlock(market.provider.address, tok.address)
+    c = buyer_hub.collateral(market.buyer.address, market.provider.address, tok.address)
+    assert (c.locked, c.unlocking) == (0, 0)
+    # 200,000 went to the provider from the lock, the other 300,000 back to the balance
+    assert buyer_hub.balance_of(market.buyer.address, tok.address) == DEPOSIT - 200_000
+
+
 def test_redeem_many_settles_buyers_in_one_transfer(market: Market) -> None:
     hub, tok = market.hub(market.provider), market.token
     others = []

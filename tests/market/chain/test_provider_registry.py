@@ -27,7 +27,7 @@ def _staker(market: Market, amount: int) -> ChainClient:
     return p
 
 
-def test_register_needs_min_stake_and_unique_peer_id(market: Market) -> None:
+def test_register_needs_min_stake(market: Market) -> None:
     min_stake = market.deployment.min_stake
     p = _staker(market, 2 * min_stake)
     reg = market.registry(p)
@@ -36,12 +36,26 @@ def test_register_needs_min_stake_and_unique_peer_id(market: Market) -> None:
     _reverts("ProviderRegistryBadPeerId", reg.register, "", min_stake)
     reg.register(PEER, min_stake)
     assert reg.is_active(p.address)
-    assert reg.provider_of_peer_id(PEER) == p.address
+    assert reg.is_active_for(p.address, PEER)
+    assert not reg.is_active_for(p.address, PEER[:-1] + "Y")
     assert reg.provider_info(p.address).peer_id == PEER
+
+
+def test_a_squatter_can_neither_block_nor_impersonate_a_peer_id(market: Market) -> None:
+    """Issue 13.2: a stranger registered a provider's peer id first and so kept the real
+    provider out (and buyers dropped its bids). Peer ids are no longer exclusive: the
+    buyer checks the pair (bid signer, address the bid names)."""
+    min_stake = market.deployment.min_stake
     squatter = market.new_account(market.admin)
     market.deployment.erc20(squatter).mint(squatter.address, min_stake)
-    market.deployment.erc20(squatter).approve(reg.address, min_stake)
-    _reverts("ProviderRegistryPeerIdTaken", market.registry(squatter).register, PEER, min_stake)
+    market.deployment.erc20(squatter).approve(market.deployment.provider_registry, min_stake)
+    market.registry(squatter).register(PEER, min_stake)  # first, with the real node's peer id
+    real = _staker(market, min_stake)
+    market.registry(real).register(PEER, min_stake)  # not blocked
+    reg = market.registry()
+    assert reg.is_active_for(real.address, PEER)
+    # the squatter's record names PEER too, but a bid naming the squatter's address must
+    # be signed by PEER's key, which only the real node holds: it gains nothing
 
 
 def test_unbonding_takes_the_delay(market: Market) -> None:

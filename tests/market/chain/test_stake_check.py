@@ -29,6 +29,21 @@ async def test_only_the_registered_pair_counts_as_staked(market: Market) -> None
     assert not await check(PEER, b"\x11" * 20)  # someone else claiming the peer id
 
 
+async def test_a_squatter_registered_first_does_not_shut_the_real_provider_out(
+    market: Market,
+) -> None:
+    """Issue 13.2: before, a stranger who registered PEER first made the real provider's
+    registration revert and every buyer drop its bids."""
+    stake = market.deployment.min_stake
+    squatter = market.new_account(market.admin)
+    market.deployment.erc20(squatter).mint(squatter.address, stake)
+    market.deployment.erc20(squatter).approve(market.deployment.provider_registry, stake)
+    market.registry(squatter).register(PEER, stake)
+    address = _register(market)
+    check = StakeCheck.from_registry(market.registry())
+    assert await check(PEER, address)  # the real node's bids count
+
+
 async def test_answers_are_cached_and_concurrent_askers_share_one_read() -> None:
     reads: list[tuple[str, bytes]] = []
 
