@@ -33,6 +33,7 @@ from market.chain.errors import (
     ContractReverted,
     TransactionDropped,
     decode_revert_data,
+    hex_or_none,
     revert_from_exception,
 )
 
@@ -305,17 +306,63 @@ class ChainClient:
         return rec
 
     def _explain_failure(self, rec: Receipt) -> ContractReverted:
-        """Replay a failed transaction at its block to recover the revert data."""
+        """Recover why a mined transaction failed (a receipt says only "status 0").
+
+        The exact answer is the node's own trace of the transaction
+        (``debug_traceTransaction`` with the call tracer: its output is the revert data,
+        taken on the state the transaction really ran on). Where the node has no tracer
+        (eth-tester), the call is replayed: on the parent block's state when it was its
+        block's first transaction (exact), otherwise on the state its block left behind —
+        which includes the earlier transactions of the block that made it fail (a replay
+        at the parent block would run before them and often succeed, losing the reason) —
+        and only then on the parent block's state.
+        """
+        data = self._traced_revert_data(rec.tx_hash)
+        if isinstance(data, bytes):
+            return decode_revert_data(data, rec.tx_hash)
+        if isinstance(data, str):  # the trace names a failure that carries no revert data
+            return ContractReverted("Error", (data,), b"", rec.tx_hash)
         tx = self._retry(lambda: self.w3.eth.get_transaction(rec.tx_hash))
-        call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
-        try:
-            self.w3.eth.call(call, block_identifier=rec.block_number - 1)
-        except Exception as exc:
-            revert = revert_from_exception(exc)
-            if revert is not None:
-                revert.tx_hash = rec.tx_hash
-                return revert
+        call = {
+            "from": tx["from"],
+            "to": tx["to"],
+            "data": tx["input"],
+            "value": tx["value"],
+            "gas": tx["gas"],
+        }
+        index = int(rec.raw.get("transactionIndex", 0) or 0)
+        blocks = [rec.block_number - 1] if index == 0 else [rec.block_number, rec.block_number - 1]
+        for block in blocks:
+            try:
+                self.w3.eth.call(call, block_identifier=max(0, block))  # type: ignore[arg-type]
+            except Exception as exc:
+                revert = revert_from_exception(exc)
+                if revert is not None:
+                    revert.tx_hash = rec.tx_hash
+                    return revert
         return decode_revert_data(b"", rec.tx_hash)
+
+    def _traced_revert_data(self, tx_hash: bytes) -> bytes | str | None:
+        """The revert data of a mined, failed transaction from the node's call tracer
+        (bytes), the failure's text when it carries no data (str), or ``None`` when the
+        node cannot trace (eth-tester, a node without the debug namespace)."""
+        try:
+            resp = self.w3.provider.make_request(  # type: ignore[arg-type]
+                "debug_traceTransaction",  # type: ignore[arg-type]
+                [
+                    "0x" + tx_hash.hex(),
+                    {"tracer": "callTracer", "tracerConfig": {"onlyTopCall": True}},
+                ],
+            )
+        except Exception:
+            return None
+        result = resp.get("result") if isinstance(resp, dict) else None
+        if not isinstance(result, dict) or not result.get("error"):
+            return None
+        output = hex_or_none(result.get("output"))
+        if output:
+            return output
+        return str(result["error"])
 
     def transact(self, fn: ContractFunction, *, gas: int | None = None) -> Receipt:
         """Sign, send and wait for `fn`; the mined receipt, or :class:`ContractReverted`."""

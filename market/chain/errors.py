@@ -25,6 +25,7 @@ __all__ = [
     "ContractReverted",
     "TransactionDropped",
     "decode_revert_data",
+    "hex_or_none",
     "revert_from_exception",
 ]
 
@@ -128,7 +129,8 @@ def decode_revert_data(data: bytes, tx_hash: bytes | None = None) -> ContractRev
     return ContractReverted(name, args, data, tx_hash)
 
 
-def _hex_or_none(value: Any) -> bytes | None:
+def hex_or_none(value: Any) -> bytes | None:
+    """`value` as bytes if it is bytes or a ``0x`` hex string, else ``None``."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str) and value.startswith("0x"):
@@ -148,7 +150,7 @@ def revert_from_exception(exc: BaseException) -> ContractReverted | None:
     if isinstance(exc, RawRevertData):
         return decode_revert_data(exc.data)
     if isinstance(exc, ContractLogicError):
-        data = _hex_or_none(exc.data)
+        data = hex_or_none(exc.data)
         if data:
             return decode_revert_data(data)
         return ContractReverted("Error", (str(exc.message or exc),), b"")

@@ -50,3 +50,52 @@ def test_failed_estimate_consumes_no_nonce_and_mined_revert_is_decoded(market: M
         market.provider.transact(hub.redeem_fn(market.signed(5)), gas=200_000)
     assert info.value.name == "PaymentHubNothingToRedeem" and info.value.tx_hash is not None
     assert market.provider.receipt(info.value.tx_hash).status == 0
+
+
+def _automine(client: ChainClient, on: bool) -> None:
+    """Switch a development chain's automining (eth-tester or anvil)."""
+    tester = getattr(client.w3.provider, "ethereum_tester", None)
+    if tester is not None:
+        if on:
+            tester.enable_auto_mine_transactions()
+        else:
+            tester.disable_auto_mine_transactions()
+        return
+    resp = client.w3.provider.make_request("evm_setAutomine", [on])  # type: ignore[arg-type]
+    assert "error" not in resp, resp
+
+
+def _mine(client: ChainClient) -> None:
+    tester = getattr(client.w3.provider, "ethereum_tester", None)
+    if tester is not None:
+        tester.mine_blocks(1)
+        return
+    resp = client.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    assert "error" not in resp, resp
+
+
+def test_revert_caused_earlier_in_its_own_block_keeps_its_reason(market: Market) -> None:
+    """A redemption mined in the same block right after another that paid the same
+    voucher (anyone may submit a voucher) fails; replaying it at the block *before* would
+    succeed and lose the reason (it read "unknown()"). The client must name the real
+    error with its arguments."""
+    sv = market.signed(5)
+    first = market.hub(market.admin).sign_redeem(sv)
+    second = market.hub(market.provider).sign_redeem(sv, gas=200_000)  # looks fine when signed
+    _automine(market.admin, False)
+    try:
+        market.admin.broadcast(first)
+        market.provider.broadcast(second)
+        _mine(market.admin)
+    finally:
+        _automine(market.admin, True)
+    paid, failed = market.provider.receipt(first.tx_hash), market.provider.receipt(second.tx_hash)
+    assert paid is not None and failed is not None
+    assert (paid.status, failed.status) == (1, 0)
+    assert paid.block_number == failed.block_number  # one block: the state before it pays
+    assert market.provider.wait(first.tx_hash).status == 1
+    with pytest.raises(ContractReverted) as info:
+        market.provider.wait(second.tx_hash)
+    assert info.value.name == "PaymentHubNothingToRedeem"
+    assert info.value.args_decoded == (5, 5)
+    assert info.value.tx_hash == second.tx_hash
