@@ -291,21 +291,33 @@ class ChainClient:
             raw=raw,
         )
 
-    def wait(self, tx_hash: bytes, timeout: float | None = None) -> Receipt:
-        """Poll until `tx_hash` is mined; raise :class:`ContractReverted` if it failed."""
+    def wait_for_receipt(self, tx_hash: bytes, timeout: float | None = None) -> Receipt | None:
+        """Poll until `tx_hash` is mined and return its receipt, whatever its status;
+        ``None`` if it is not mined within `timeout` seconds (0: look once)."""
         deadline = time.monotonic() + (self.receipt_timeout if timeout is None else timeout)
         while True:
             rec = self.receipt(tx_hash)
-            if rec is not None:
-                break
-            if time.monotonic() > deadline:
-                raise TransactionDropped(tx_hash, f"no receipt for 0x{tx_hash.hex()}")
+            if rec is not None or time.monotonic() >= deadline:
+                return rec
             time.sleep(self.poll_latency)
+
+    def wait(self, tx_hash: bytes, timeout: float | None = None) -> Receipt:
+        """Poll until `tx_hash` is mined; raise :class:`ContractReverted` if it failed,
+        :class:`TransactionDropped` if no receipt came in time."""
+        rec = self.wait_for_receipt(tx_hash, timeout)
+        if rec is None:
+            raise TransactionDropped(tx_hash, f"no receipt for 0x{tx_hash.hex()}")
         if rec.status != 1:
-            raise self._explain_failure(rec)
+            raise self.explain_failure(rec)
         return rec
 
-    def _explain_failure(self, rec: Receipt) -> ContractReverted:
+    def confirmed_nonce(self, address: str | None = None) -> int:
+        """How many transactions of `address` (default: the signer) are mined: every
+        nonce below it is used, it and above are not."""
+        who = self.address if address is None else address
+        return int(self._retry(lambda: self.w3.eth.get_transaction_count(who, "latest")))  # type: ignore[arg-type]
+
+    def explain_failure(self, rec: Receipt) -> ContractReverted:
         """Recover why a mined transaction failed (a receipt says only "status 0").
 
         The exact answer is the node's own trace of the transaction
@@ -347,7 +359,7 @@ class ChainClient:
         (bytes), the failure's text when it carries no data (str), or ``None`` when the
         node cannot trace (eth-tester, a node without the debug namespace)."""
         try:
-            resp = self.w3.provider.make_request(  # type: ignore[arg-type]
+            resp = self.w3.provider.make_request(
                 "debug_traceTransaction",  # type: ignore[arg-type]
                 [
                     "0x" + tx_hash.hex(),

@@ -11,16 +11,32 @@ Exactly once (:meth:`Redeemer.redeem`):
 
 1. sign the redemption locally (the tx hash is known before anything is sent);
 2. write the intent — tx hash, signed raw tx, nonce — to the ledger as ``pending``;
-3. broadcast, wait for the receipt, mark it ``confirmed`` (or ``failed``).
+3. broadcast, wait for the receipt, mark it ``confirmed`` (or ``failed``, with the
+   contract's reason); no receipt in time leaves it ``pending``.
 
-If the process dies anywhere in 3, :meth:`Redeemer.reconcile` on restart looks at each
-``pending`` row: a receipt settles it; otherwise the chain's ``redeemed`` counter is the
-truth — if it already covers the voucher the row is closed, if not the *same* signed
-transaction is re-broadcast (same nonce and hash, so it can land at most once) or,
-when its nonce was used by something else, the row is ``dropped`` and the channel is
-due again. On top, the contract pays only ``cumulative − redeemed``, so even a
-duplicate transaction cannot pay twice; earnings are taken from ``Redeemed`` logs keyed
-by ``(tx_hash, log_index)``, so they are counted once too.
+A pending redemption is settled by its receipt and its nonce, never by a clock
+(:meth:`Redeemer.reconcile`, run on start and every round):
+
+* a receipt settles it (``confirmed``, or ``failed`` with the decoded revert reason);
+* no receipt and its nonce unused on chain (below the account's mined count it is
+  not): it may still land, so it stays ``pending`` and the *same* signed transaction is
+  re-broadcast (same nonce and hash: it can land at most once) — unless the chain
+  already covers its voucher, when re-sending could only revert;
+* no receipt and its nonce used: another transaction took the nonce, so this one can
+  never land — only then is it ``dropped``, and the channel is due again.
+
+While a redemption of a channel may still land and pay, nothing more is signed for that
+channel: :meth:`Redeemer.due` skips it and :meth:`Redeemer.redeem` returns the pending
+one. On top, the contract pays only ``cumulative − redeemed``, so even a duplicate
+transaction cannot pay twice; earnings are taken from ``Redeemed`` logs keyed by
+``(tx_hash, log_index)``, so they are counted once too.
+
+Losses (:meth:`Redeemer.review`): every unit a held voucher claims is redeemable,
+redeemed, or recorded lost with its cause — the channel moved to a newer epoch before
+the voucher was redeemed (``stale_epoch``: void for ever), or the buyer's money on the
+hub cannot cover it (``balance_short``: kept current, redeemable if the buyer deposits
+more). The buyer is flagged in the ledger (:meth:`Ledger.is_flagged`); who advanced the
+epoch does not matter.
 """
 
 from __future__ import annotations
@@ -29,11 +45,23 @@ from dataclasses import dataclass
 
 from market.chain.client import ChainClient, Receipt, SignedTx
 from market.chain.contracts import PaymentHub, SignedVoucher
-from market.chain.errors import ContractReverted
+from market.chain.errors import ChainError, ContractReverted
 from market.chain.events import LogPoller
-from market.ledger.store import CONFIRMED, DROPPED, FAILED, PENDING, Ledger, StoredVoucher
+from market.chain.voucher import Voucher
+from market.ledger.store import (
+    CONFIRMED,
+    DROPPED,
+    FAILED,
+    LOSS_BALANCE_SHORT,
+    LOSS_STALE_EPOCH,
+    PENDING,
+    Ledger,
+    Loss,
+    RedemptionRow,
+    StoredVoucher,
+)
 
-__all__ = ["REJECTED", "Redeemer", "RedemptionPolicy", "RedemptionResult"]
+__all__ = ["REJECTED", "Redeemer", "RedemptionPolicy", "RedemptionResult", "Standing"]
 
 REJECTED = "rejected"
 
@@ -69,6 +97,22 @@ class RedemptionResult:
     receipt: Receipt | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Standing:
+    """Where one held voucher stands against the chain (token base units).
+
+    ``owed`` is what it still claims (its cumulative amount minus what its epoch has
+    redeemed), ``payable`` what redeeming it now would take, ``lost`` the rest
+    (``owed = payable + lost``), with ``cause`` saying why when ``lost > 0``.
+    """
+
+    owed: int
+    payable: int
+    lost: int
+    cause: str | None
+    detail: str = ""
+
+
 class Redeemer:
     """Redeems the vouchers in `ledger` through `hub` (whose client signs as the provider)."""
 
@@ -87,39 +131,95 @@ class Redeemer:
         v = sv.voucher
         return self.hub.redeemed(v.buyer, v.provider, v.token)
 
+    def cover(self, v: Voucher) -> int:
+        """What the hub can pay on `v` at most now: the buyer's balance."""
+        return self.hub.balance_of(v.buyer, v.token)
+
+    def standing(self, sv: StoredVoucher) -> Standing:
+        """Read the chain for `sv`: what it still claims, what is payable, what is lost."""
+        v = sv.voucher
+        redeemed, epoch = self.onchain(sv)
+        if v.epoch < epoch:
+            paid = self.ledger.redeemed_in_epoch(v.buyer, v.provider, v.token, v.epoch)
+            owed = max(0, v.cumulative_amount - paid)
+            detail = (
+                f"channel moved to epoch {epoch} with epoch {v.epoch} redeemed to {paid} "
+                f"of {v.cumulative_amount}"
+            )
+            return Standing(
+                owed=owed,
+                payable=0,
+                lost=owed,
+                cause=LOSS_STALE_EPOCH if owed else None,
+                detail=detail if owed else "",
+            )
+        already = redeemed if v.epoch == epoch else 0
+        owed = max(0, v.cumulative_amount - already)
+        if owed == 0:
+            return Standing(owed=0, payable=0, lost=0, cause=None)
+        payable = min(owed, self.cover(v))
+        lost = owed - payable
+        detail = f"buyer's balance covers {payable} of {owed} owed" if lost else ""
+        return Standing(
+            owed=owed,
+            payable=payable,
+            lost=lost,
+            cause=LOSS_BALANCE_SHORT if lost else None,
+            detail=detail,
+        )
+
     def accrued(self, sv: StoredVoucher) -> int:
         """What redeeming `sv` now would take: the unredeemed part, capped by the buyer's
-        deposit (0 if nothing is owed or its epoch is void)."""
-        redeemed, epoch = self.onchain(sv)
-        if sv.voucher.epoch < epoch:
-            return 0
-        already = redeemed if sv.voucher.epoch == epoch else 0
-        owed = max(0, sv.voucher.cumulative_amount - already)
-        if owed == 0:
-            return 0
-        return min(owed, self.hub.balance_of(sv.voucher.buyer, sv.voucher.token))
+        deposit (0 if nothing is owed or its epoch is void; see :meth:`standing`)."""
+        return self.standing(sv).payable
 
-    def due(
-        self, *, now: int | None = None, gas_price_wei: int | None = None
-    ) -> list[StoredVoucher]:
-        """Held vouchers the policy says to redeem now (oldest epoch first)."""
-        now = self.client.timestamp() if now is None else now
-        gas_price = int(self.client.w3.eth.gas_price) if gas_price_wei is None else gas_price_wei
-        held = [
+    def held(self) -> list[StoredVoucher]:
+        """Our held vouchers for this hub, oldest epoch first."""
+        return [
             sv
             for sv in self.ledger.vouchers(self.provider)
             if sv.contract == self.hub.address_bytes
         ]
+
+    def _covered(self, row: RedemptionRow) -> bool:
+        """Whether the chain already covers `row`'s voucher (landing, it would revert)."""
+        redeemed, epoch = self.hub.redeemed(row.buyer, row.provider, row.token)
+        return epoch > row.epoch or (epoch == row.epoch and redeemed >= row.cumulative_amount)
+
+    def in_flight(self, buyer: bytes, token: bytes) -> RedemptionRow | None:
+        """A pending redemption of ours on the (buyer, token) channel that may still land
+        and pay, if any: while it exists nothing more is signed for that channel."""
+        for row in self.ledger.redemptions(PENDING):
+            mine = (row.buyer, row.provider, row.token) == (buyer, self.provider, token)
+            if mine and not self._covered(row):
+                return row
+        return None
+
+    def due(
+        self, *, now: int | None = None, gas_price_wei: int | None = None
+    ) -> list[StoredVoucher]:
+        """Held vouchers the policy says to redeem now (oldest epoch first); none of a
+        channel whose earlier redemption may still land."""
+        now = self.client.timestamp() if now is None else now
+        gas_price = int(self.client.w3.eth.gas_price) if gas_price_wei is None else gas_price_wei
+        held = self.held()
         newest_epoch: dict[tuple[bytes, bytes], int] = {}
         for sv in held:
             k = (sv.voucher.buyer, sv.voucher.token)
             newest_epoch[k] = max(newest_epoch.get(k, 0), sv.voucher.epoch)
+        busy = {
+            (row.buyer, row.token)
+            for row in self.ledger.redemptions(PENDING)
+            if row.provider == self.provider and not self._covered(row)
+        }
         out = []
         for sv in held:
+            v = sv.voucher
+            if (v.buyer, v.token) in busy:
+                continue
             accrued = self.accrued(sv)
             if accrued == 0:
                 continue
-            v = sv.voucher
             unlock_at = self.ledger.withdrawal_unlock_at(v.buyer, v.token)
             notice = unlock_at is not None and unlock_at - now <= self.policy.notice_margin_s
             superseded = v.epoch < newest_epoch[(v.buyer, v.token)]
@@ -130,23 +230,41 @@ class Redeemer:
     # ------------------------------------------------------------- actions
 
     def redeem(self, sv: StoredVoucher) -> RedemptionResult:
-        """Redeem one held voucher exactly once (see the module docstring)."""
-        signed = self.hub.sign_redeem(SignedVoucher(sv.voucher, sv.signature))
-        rid = self.ledger.record_intent(sv.voucher, signed.tx_hash, signed.raw, signed.nonce)
+        """Redeem one held voucher exactly once (see the module docstring). If an earlier
+        redemption of its channel may still land, nothing is signed: that one's result
+        (``pending``) is returned."""
+        v = sv.voucher
+        earlier = self.in_flight(v.buyer, v.token)
+        if earlier is not None:
+            return RedemptionResult(earlier.id, PENDING, None)
+        signed = self.hub.sign_redeem(SignedVoucher(v, sv.signature))
+        rid = self.ledger.record_intent(v, signed.tx_hash, signed.raw, signed.nonce)
         self.client.broadcast(signed)
-        return self._await(rid, signed.tx_hash)
+        return self._await(rid, signed.tx_hash, timeout=None)
 
-    def _await(self, rid: int, tx_hash: bytes) -> RedemptionResult:
+    def _await(self, rid: int, tx_hash: bytes, *, timeout: float | None) -> RedemptionResult:
+        receipt = self.client.wait_for_receipt(tx_hash, timeout)
+        if receipt is None:
+            self.ledger.note_pending(rid, "no receipt yet; its nonce decides (see reconcile)")
+            return RedemptionResult(rid, PENDING, None)
+        return self._settle(rid, receipt)
+
+    def _settle(self, rid: int, receipt: Receipt) -> RedemptionResult:
+        """Settle a redemption from its receipt (a failure with its decoded reason)."""
+        if receipt.status == 1:
+            self.ledger.settle(
+                rid, CONFIRMED, block_number=receipt.block_number, gas_used=receipt.gas_used
+            )
+            self.sync_earnings()
+            return RedemptionResult(rid, CONFIRMED, receipt)
         try:
-            receipt = self.client.wait(tx_hash)
-        except ContractReverted as exc:
-            self.ledger.settle(rid, FAILED, note=str(exc))
-            return RedemptionResult(rid, FAILED, None)
+            reason = str(self.client.explain_failure(receipt))
+        except ChainError as exc:  # the receipt settles it; the reason is a courtesy
+            reason = f"reverted (reason unavailable: {exc})"
         self.ledger.settle(
-            rid, CONFIRMED, block_number=receipt.block_number, gas_used=receipt.gas_used
+            rid, FAILED, block_number=receipt.block_number, gas_used=receipt.gas_used, note=reason
         )
-        self.sync_earnings()
-        return RedemptionResult(rid, CONFIRMED, receipt)
+        return RedemptionResult(rid, FAILED, receipt)
 
     def redeem_due(self, **kwargs: int) -> list[RedemptionResult]:
         """Redeem every due voucher, one transaction each. A voucher the chain refuses
@@ -160,42 +278,59 @@ class Redeemer:
         return results
 
     def reconcile(self, *, wait_s: float = 60.0) -> list[RedemptionResult]:
-        """Settle every ``pending`` redemption from the chain (call on start-up)."""
-        results = []
-        for row in self.ledger.redemptions(PENDING):
-            receipt = self.client.receipt(row.tx_hash)
-            if receipt is not None:
-                status = CONFIRMED if receipt.status == 1 else FAILED
-                self.ledger.settle(
-                    row.id, status, block_number=receipt.block_number, gas_used=receipt.gas_used
-                )
-                results.append(RedemptionResult(row.id, status, receipt))
-                continue
-            redeemed, epoch = self.hub.redeemed(row.buyer, row.provider, row.token)
-            if epoch > row.epoch or (epoch == row.epoch and redeemed >= row.cumulative_amount):
-                self.ledger.settle(row.id, DROPPED, note="chain already covers this voucher")
-                results.append(RedemptionResult(row.id, DROPPED, None))
-                continue
-            try:
-                self.client.broadcast(
-                    SignedTx(row.raw_tx, row.tx_hash, row.nonce, self.client.address)
-                )
-                receipt = self.client.wait(row.tx_hash, timeout=wait_s)
-            except Exception as exc:  # not mined, nonce reused, node error: ask the chain
-                if self.client.receipt(row.tx_hash) is None:
-                    self.ledger.settle(row.id, DROPPED, note=f"not mined: {exc}")
-                    results.append(RedemptionResult(row.id, DROPPED, None))
-                    continue
-                receipt = self.client.receipt(row.tx_hash)
-            assert receipt is not None
-            status = CONFIRMED if receipt.status == 1 else FAILED
-            self.ledger.settle(
-                row.id, status, block_number=receipt.block_number, gas_used=receipt.gas_used
-            )
-            results.append(RedemptionResult(row.id, status, receipt))
+        """Settle every ``pending`` redemption by receipt and nonce (on start-up, and
+        each round): see the module docstring. One still pending after `wait_s` is left
+        pending, never dropped while its nonce is unused."""
+        results = [self._reconcile_one(row, wait_s) for row in self.ledger.redemptions(PENDING)]
         self.client.nonces.resync()
         self.sync_earnings()
+        self.review()
         return results
+
+    def _reconcile_one(self, row: RedemptionRow, wait_s: float) -> RedemptionResult:
+        receipt = self.client.receipt(row.tx_hash)
+        if receipt is not None:
+            return self._settle(row.id, receipt)
+        if row.nonce < self.client.confirmed_nonce():
+            receipt = self.client.receipt(row.tx_hash)  # mined since we looked?
+            if receipt is not None:
+                return self._settle(row.id, receipt)
+            self.ledger.settle(
+                row.id, DROPPED, note=f"nonce {row.nonce} was used by another transaction"
+            )
+            return RedemptionResult(row.id, DROPPED, None)
+        if self._covered(row):
+            self.ledger.note_pending(
+                row.id,
+                f"nonce {row.nonce} unused; the chain already covers this voucher, so it is "
+                "not re-sent (it would only revert)",
+            )
+            return RedemptionResult(row.id, PENDING, None)
+        try:
+            self.client.broadcast(SignedTx(row.raw_tx, row.tx_hash, row.nonce, self.client.address))
+        except Exception as exc:  # refused or unreachable: its nonce still decides later
+            self.ledger.note_pending(row.id, f"nonce {row.nonce} unused; re-broadcast: {exc}")
+        return self._await(row.id, row.tx_hash, timeout=wait_s)
+
+    # --------------------------------------------------------------- losses
+
+    def review(self) -> list[Loss]:
+        """Record what each held voucher can no longer be redeemed for, with its cause,
+        and flag those buyers (idempotent: the same state records nothing new). A
+        shortfall is kept current, back to 0 once the buyer makes it good; a voided
+        epoch is lost for good. Returns the current losses."""
+        for sv in self.held():
+            v = sv.voucher
+            st = self.standing(sv)
+            if st.cause == LOSS_STALE_EPOCH:
+                self.ledger.record_loss(v, amount=st.lost, cause=st.cause, detail=st.detail)
+            short = st.lost if st.cause == LOSS_BALANCE_SHORT else 0
+            self.ledger.record_loss(
+                v, amount=short, cause=LOSS_BALANCE_SHORT, detail=st.detail or "covered"
+            )
+            if st.lost > 0 and st.cause is not None:
+                self.ledger.flag_buyer(v.buyer, st.cause, st.detail)
+        return self.ledger.losses()
 
     # ------------------------------------------------------------- watching
 
@@ -250,8 +385,11 @@ class Redeemer:
         return len(events)
 
     def step(self) -> list[RedemptionResult]:
-        """One round of the redemption loop: watch notices, redeem what is due."""
+        """One round of the redemption loop: settle what is pending (without waiting),
+        watch notices, redeem what is due, record losses."""
+        results = [self._reconcile_one(row, 0) for row in self.ledger.redemptions(PENDING)]
         self.sync_withdrawal_notices()
-        results = self.redeem_due()
+        results += self.redeem_due()
         self.sync_earnings()
+        self.review()
         return results

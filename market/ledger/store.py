@@ -17,6 +17,11 @@ Tables
                   re-reading the same log harmless.
 ``withdrawal_notices``  buyers' ``WithdrawalRequested`` notices (the policy redeems
                   before they end).
+``losses``        what a held voucher can no longer be redeemed for, and why (one row
+                  per channel epoch and cause; see :meth:`Ledger.record_loss`): every
+                  unit owed is redeemable, redeemed, or here — never silently zero.
+``flagged_buyers``  buyers who owe us what the chain will not pay (a voided epoch, a
+                  balance that cannot cover their vouchers): serve them no more.
 ``jobs``          jobs served or bought.
 ``meta``          small key/value state (e.g. the last block scanned).
 """
@@ -34,9 +39,24 @@ import sqlite_utils
 
 from market.chain.voucher import Voucher, VoucherDomain, recover_voucher_signer
 
-__all__ = ["Ledger", "RedemptionRow", "StoredVoucher"]
+__all__ = [
+    "LOSS_BALANCE_SHORT",
+    "LOSS_STALE_EPOCH",
+    "FlaggedBuyer",
+    "Ledger",
+    "Loss",
+    "RedemptionRow",
+    "StoredVoucher",
+]
 
 PENDING, CONFIRMED, FAILED, DROPPED = "pending", "confirmed", "failed", "dropped"
+
+#: The channel moved to a newer epoch before this voucher was redeemed in full: the
+#: contract voids older epochs, so what it still claimed can never be redeemed.
+LOSS_STALE_EPOCH = "stale_epoch"
+#: The buyer's money on the hub cannot cover what the voucher still claims (redeemable
+#: later only if the buyer deposits more; the amount is kept current).
+LOSS_BALANCE_SHORT = "balance_short"
 
 
 def _hex(b: bytes) -> str:
@@ -72,6 +92,39 @@ class RedemptionRow:
     nonce: int
     status: str
     created_at: float
+    note: str = ""
+    block_number: int | None = None
+    gas_used: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Loss:
+    """What one channel epoch's held voucher can no longer be redeemed for, and why."""
+
+    buyer: bytes
+    provider: bytes
+    token: bytes
+    epoch: int
+    cause: str
+    amount: int
+    detail: str
+    first_seen: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FlaggedBuyer:
+    buyer: bytes
+    cause: str
+    detail: str
+    flagged_at: float
+
+
+def _addr(buyer: bytes | str) -> str:
+    """A 20-byte address as the ledger stores it (lower-case ``0x`` hex)."""
+    if isinstance(buyer, str):
+        return "0x" + buyer.removeprefix("0x").lower()
+    return _hex(buyer)
 
 
 class Ledger:
@@ -139,6 +192,18 @@ class Ledger:
             )  # fmt: skip
         if "meta" not in db.table_names():
             db["meta"].create({"key": str, "value": str}, pk="key")
+        if "losses" not in db.table_names():
+            db["losses"].create(
+                {
+                    "buyer": str, "provider": str, "token": str, "epoch": int, "cause": str,
+                    "amount": str, "detail": str, "first_seen": float, "updated_at": float,
+                },
+                pk=("buyer", "provider", "token", "epoch", "cause"),
+            )  # fmt: skip
+        if "flagged_buyers" not in db.table_names():
+            db["flagged_buyers"].create(
+                {"buyer": str, "cause": str, "detail": str, "flagged_at": float}, pk="buyer"
+            )
 
     # ------------------------------------------------------------- vouchers
 
@@ -261,9 +326,20 @@ class Ledger:
                 nonce=r["nonce"],
                 status=r["status"],
                 created_at=r["created_at"],
+                note=r["note"] or "",
+                block_number=r["block_number"],
+                gas_used=r["gas_used"],
             )
             for r in self.db["redemptions"].rows_where(where, args, order_by="id")
         ]
+
+    def note_pending(self, redemption_id: int, note: str) -> None:
+        """Say why a ``pending`` redemption is still pending (its status is unchanged)."""
+        with self.db.conn:
+            self.db.execute(
+                "UPDATE redemptions SET note = ? WHERE id = ? AND status = ?",
+                [note, redemption_id, PENDING],
+            )
 
     # ------------------------------------------------------------- earnings
 
@@ -318,6 +394,16 @@ class Ledger:
         )
         return sum(int(r["amount"]) for r in rows)
 
+    def redeemed_in_epoch(self, buyer: bytes, provider: bytes, token: bytes, epoch: int) -> int:
+        """How far the chain's ``Redeemed`` events seen so far took a channel in `epoch`
+        (its cumulative counter then; 0 if none): what a voided epoch had paid."""
+        row = self.db.execute(
+            "SELECT cumulative_amount FROM earnings WHERE buyer = ? AND provider = ? AND "
+            "token = ? AND epoch = ?",
+            [_hex(buyer), _hex(provider), _hex(token), epoch],
+        ).fetchall()
+        return max((int(r[0]) for r in row), default=0)
+
     # ------------------------------------------------------- withdrawals
 
     def record_withdrawal_notice(
@@ -336,6 +422,102 @@ class Ledger:
             return int(self.db["withdrawal_notices"].get((_hex(buyer), _hex(token)))["unlock_at"])
         except sqlite_utils.db.NotFoundError:
             return None
+
+    # --------------------------------------------------------------- losses
+
+    def record_loss(self, voucher: Voucher, *, amount: int, cause: str, detail: str = "") -> bool:
+        """Record that `voucher`'s channel epoch can no longer be redeemed for `amount`
+        because of `cause` (``LOSS_STALE_EPOCH``, ``LOSS_BALANCE_SHORT``).
+
+        One row per ``(buyer, provider, token, epoch, cause)`` holding the *current*
+        amount: recording the same loss again changes nothing, a larger (or, for a
+        shortfall the buyer made good, smaller or zero) amount replaces it; an amount of
+        0 creates no row. Returns ``True`` if a row was created or its amount changed.
+        """
+        if amount < 0:
+            raise ValueError(f"a loss is not negative: {amount}")
+        key = [
+            _hex(voucher.buyer), _hex(voucher.provider), _hex(voucher.token), voucher.epoch, cause
+        ]  # fmt: skip
+        now = time.time()
+        with self.db.conn:
+            if amount == 0:
+                cur = self.db.execute(
+                    "UPDATE losses SET amount = '0', detail = ?, updated_at = ? WHERE buyer = ? "
+                    "AND provider = ? AND token = ? AND epoch = ? AND cause = ? AND amount != '0'",
+                    [detail, now, *key],
+                )
+                return cur.rowcount == 1
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO losses (buyer, provider, token, epoch, cause, amount, "
+                "detail, first_seen, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [*key, str(amount), detail, now, now],
+            )
+            if cur.rowcount == 1:
+                return True
+            cur = self.db.execute(
+                "UPDATE losses SET amount = ?, detail = ?, updated_at = ? WHERE buyer = ? AND "
+                "provider = ? AND token = ? AND epoch = ? AND cause = ? AND amount != ?",
+                [str(amount), detail, now, *key, str(amount)],
+            )
+            return cur.rowcount == 1
+
+    def losses(self, *, include_recovered: bool = False) -> list[Loss]:
+        """Recorded losses, oldest first (those whose amount went back to 0, e.g. a
+        shortfall the buyer made good, only with `include_recovered`)."""
+        rows = self.db["losses"].rows_where(order_by="first_seen, buyer, token, epoch")
+        out = [
+            Loss(
+                buyer=_unhex(r["buyer"]),
+                provider=_unhex(r["provider"]),
+                token=_unhex(r["token"]),
+                epoch=r["epoch"],
+                cause=r["cause"],
+                amount=int(r["amount"]),
+                detail=r["detail"] or "",
+                first_seen=r["first_seen"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+        return out if include_recovered else [x for x in out if x.amount > 0]
+
+    def lost_total(self, token: bytes | None = None) -> int:
+        """The sum of current losses (in one token's base units when `token` is given)."""
+        return sum(x.amount for x in self.losses() if token is None or x.token == token)
+
+    # ------------------------------------------------------------ flagged buyers
+
+    def flag_buyer(self, buyer: bytes | str, cause: str, detail: str = "") -> bool:
+        """Mark `buyer` as one not to serve, citing `cause`. The first flag's cause is
+        kept; returns ``True`` if the buyer was not flagged before."""
+        with self.db.conn:
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO flagged_buyers (buyer, cause, detail, flagged_at) "
+                "VALUES (?, ?, ?, ?)",
+                [_addr(buyer), cause, detail, time.time()],
+            )
+            return cur.rowcount == 1
+
+    def unflag_buyer(self, buyer: bytes | str) -> bool:
+        """Serve `buyer` again; ``True`` if it was flagged."""
+        with self.db.conn:
+            cur = self.db.execute("DELETE FROM flagged_buyers WHERE buyer = ?", [_addr(buyer)])
+            return cur.rowcount == 1
+
+    def is_flagged(self, buyer: bytes | str) -> bool:
+        """Whether `buyer` (20 address bytes, or ``0x`` hex in any case) is flagged."""
+        row = self.db.execute(
+            "SELECT 1 FROM flagged_buyers WHERE buyer = ?", [_addr(buyer)]
+        ).fetchone()
+        return row is not None
+
+    def flagged_buyers(self) -> list[FlaggedBuyer]:
+        """Every flagged buyer, first flagged first."""
+        return [
+            FlaggedBuyer(_unhex(r["buyer"]), r["cause"], r["detail"] or "", r["flagged_at"])
+            for r in self.db["flagged_buyers"].rows_where(order_by="flagged_at, buyer")
+        ]
 
     # ---------------------------------------------------------------- jobs
 

@@ -3,7 +3,9 @@
 A separate process redeems a voucher and is SIGKILLed after it recorded its intent
 and sent the transaction but before it saw a receipt (the anvil node is told not to
 mine, so the receipt cannot arrive). A fresh Redeemer then reconciles from the chain.
-Two endings: the transaction is mined after the crash, or the node lost it.
+Endings: the transaction is mined after the crash; the node lost it; it is still in the
+mempool when ``hearth node redeem`` runs (it must stay pending and nothing may be
+signed again for the voucher); its nonce was taken by another transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from web3 import Web3
 
 from market.chain.backends import ANVIL_DEV_KEY, AnvilProcess, fund_native
 from market.chain.client import ChainClient
+from market.chain.contracts import PaymentHub
 from market.chain.deployment import Deployment, deploy_all
 from market.chain.voucher import Voucher, sign_voucher
 from market.ledger import Ledger, Redeemer
@@ -173,3 +176,80 @@ def test_killed_after_send_then_lost(private_anvil: AnvilProcess, tmp_path: Path
     assert result.status == "confirmed" and result.receipt is not None
     assert result.receipt.tx_hash == tx_hash
     _check_paid_once(admin, provider, d, ledger_path)
+
+
+def _provider_txs_in_pool(w3: Web3, provider: str) -> list[str]:
+    content = _rpc(w3, "txpool_content")
+    pending = {k.lower(): v for k, v in content["pending"].items()}  # type: ignore[index]
+    return [tx["hash"] for tx in pending.get(provider.lower(), {}).values()]
+
+
+def _redeem_held(redeemer: Redeemer) -> list[str]:
+    """What ``hearth node redeem`` does after reconciling: redeem every held voucher
+    with something accrued (``p2pnode.node.runtime.redeem_all``)."""
+    return [
+        redeemer.redeem(sv).status
+        for sv in redeemer.ledger.vouchers(redeemer.provider)
+        if redeemer.accrued(sv) > 0
+    ]
+
+
+@pytest.mark.slow
+def test_killed_in_mempool_then_node_redeem_signs_nothing_twice(
+    private_anvil: AnvilProcess, tmp_path: Path
+) -> None:
+    """The issue's case: the node dies with its redemption in the mempool and `hearth node
+    redeem` runs before it is mined. The row was marked dropped and a second redemption
+    of the same voucher was signed and sent (it reverted after the first paid: gas paid
+    twice). Its nonce is unused, so it must stay pending and nothing be signed again."""
+    admin, provider, d, ledger_path, key = _setup(private_anvil, tmp_path)
+    tx_hash = _crash_mid_redemption(
+        private_anvil, ledger_path, tmp_path / "deployment.json", key, tmp_path
+    )
+    w3 = private_anvil.web3()
+    assert _provider_txs_in_pool(w3, provider.address) == ["0x" + tx_hash.hex()]
+    client = ChainClient(w3, key, receipt_timeout=1.0)  # no 120 s waits in a test
+    redeemer = Redeemer(Ledger(ledger_path), PaymentHub(client, d.payment_hub))
+    (reconciled,) = redeemer.reconcile(wait_s=0.5)  # `hearth node redeem`; nothing mined
+    assert reconciled.status == "pending"  # its nonce is unused: it may still land
+    assert _provider_txs_in_pool(w3, provider.address) == ["0x" + tx_hash.hex()]
+    assert set(_redeem_held(redeemer)) <= {"pending"}  # nothing signed for it again
+    assert [r.status for r in redeemer.ledger.redemptions()] == ["pending"]
+    assert _provider_txs_in_pool(w3, provider.address) == ["0x" + tx_hash.hex()]
+    assert redeemer.redeem_due(gas_price_wei=0) == []  # not due while it may still land
+    assert _provider_txs_in_pool(w3, provider.address) == ["0x" + tx_hash.hex()]
+
+    _rpc(w3, "evm_mine")  # now it lands
+    _rpc(w3, "evm_setAutomine", True)
+    (result,) = redeemer.reconcile()
+    assert result.status == "confirmed" and result.receipt is not None
+    assert result.receipt.tx_hash == tx_hash
+    assert w3.eth.get_transaction_count(provider.address, "latest") == 1  # one tx, one gas bill
+    _check_paid_once(admin, provider, d, ledger_path)
+
+
+@pytest.mark.slow
+def test_killed_then_nonce_taken_by_another_tx_is_dropped_and_due_again(
+    private_anvil: AnvilProcess, tmp_path: Path
+) -> None:
+    """Only when the chain used the row's nonce for a different transaction can the
+    redemption never land: then (and only then) it is dropped and the voucher is due."""
+    admin, provider, d, ledger_path, key = _setup(private_anvil, tmp_path)
+    tx_hash = _crash_mid_redemption(
+        private_anvil, ledger_path, tmp_path / "deployment.json", key, tmp_path
+    )
+    w3 = private_anvil.web3()
+    _rpc(w3, "anvil_dropTransaction", "0x" + tx_hash.hex())
+    _rpc(w3, "evm_setAutomine", True)
+    other = provider.with_key(key)  # the same key, from elsewhere: takes the freed nonce
+    other.send_value(admin.address, 1)
+    assert w3.eth.get_transaction_count(provider.address, "latest") == 1
+    redeemer = Redeemer(Ledger(ledger_path), d.hub(provider.with_key(key)))
+    (result,) = redeemer.reconcile()
+    assert result.status == "dropped"
+    assert admin.receipt(tx_hash) is None
+    (again,) = redeemer.redeem_due(gas_price_wei=0)  # due again, with a fresh nonce
+    assert again.status == "confirmed"
+    assert [r.status for r in redeemer.ledger.redemptions()] == ["dropped", "confirmed"]
+    buyer = redeemer.ledger.vouchers()[0].voucher.buyer
+    assert d.hub(admin).redeemed(buyer, provider.address, d.token) == (AMOUNT, 0)
