@@ -112,3 +112,34 @@ def test_jobs_and_meta(ledger: Ledger) -> None:
     assert job["status"] == "done" and job["tokens"] == 42 and job["amount"] == "420"
     ledger.set_meta("k", "v")
     assert ledger.get_meta("k") == "v" and ledger.get_meta("missing") is None
+
+
+def test_losses_are_idempotent_and_current(ledger: Ledger) -> None:
+    from market.ledger.store import LOSS_BALANCE_SHORT, LOSS_STALE_EPOCH
+
+    v, _ = _v(300)
+    assert not ledger.record_loss(v, amount=0, cause=LOSS_BALANCE_SHORT)  # 0: no row
+    assert ledger.losses(include_recovered=True) == []
+    assert ledger.record_loss(v, amount=120, cause=LOSS_BALANCE_SHORT, detail="short")
+    assert not ledger.record_loss(v, amount=120, cause=LOSS_BALANCE_SHORT, detail="short")
+    assert ledger.record_loss(v, amount=2**200, cause=LOSS_STALE_EPOCH)  # its own row
+    assert {(x.cause, x.amount) for x in ledger.losses()} == {
+        (LOSS_BALANCE_SHORT, 120),
+        (LOSS_STALE_EPOCH, 2**200),
+    }
+    assert ledger.record_loss(v, amount=0, cause=LOSS_BALANCE_SHORT)  # made good
+    assert [x.cause for x in ledger.losses()] == [LOSS_STALE_EPOCH]
+    assert ledger.lost_total() == 2**200 and ledger.lost_total(b"\x99" * 20) == 0
+    with pytest.raises(ValueError):
+        ledger.record_loss(v, amount=-1, cause=LOSS_STALE_EPOCH)
+
+
+def test_flagged_buyers(ledger: Ledger) -> None:
+    assert not ledger.is_flagged(BUYER)
+    assert ledger.flag_buyer(BUYER, "stale_epoch", "moved to epoch 1")
+    assert not ledger.flag_buyer(BUYER, "balance_short")  # the first cause is kept
+    assert ledger.is_flagged(BUYER) and ledger.is_flagged("0x" + BUYER.hex().upper())
+    (flag,) = ledger.flagged_buyers()
+    assert (flag.buyer, flag.cause, flag.detail) == (BUYER, "stale_epoch", "moved to epoch 1")
+    assert ledger.unflag_buyer(BUYER) and not ledger.unflag_buyer(BUYER)
+    assert ledger.flagged_buyers() == []
