@@ -102,7 +102,18 @@ class SendDecline(Send):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendAward(Send):
+    """Award the job to ``to``, once its channel is sure to pay ``cover``.
+
+    ``cover`` is the cumulative voucher amount the provider at ``provider_address`` may
+    be sent by the end of this job (what we signed it before plus the job's remaining
+    budget). A provider accepts vouchers only up to what we locked for it on chain, so
+    the driver first makes sure that much is locked (or feeds back
+    :class:`~market.protocol.events.CollateralShort`).
+    """
+
     MESSAGE: ClassVar[type[Message]] = Award
+    provider_address: bytes = b""
+    cover: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

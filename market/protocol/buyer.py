@@ -60,6 +60,7 @@ from market.protocol.events import (
     CancelReceived,
     CancelRequested,
     ChunkReceived,
+    CollateralShort,
     DeadlinePassed,
     DeclineReceived,
     EndReceived,
@@ -415,6 +416,12 @@ class BuyerJob:
             return self._abandon("award not accepted in time", -0.1, now)
         return self._abandon("provider silent past the heartbeat deadline", -0.3, now)
 
+    def _on_collateral_short(self, ev: CollateralShort, now: float) -> list[Action]:
+        """Our own money ran short for the award just made: the provider did nothing wrong."""
+        if self.active is None or self.active.bid.provider != ev.peer:
+            return []  # about an award we have already moved on from
+        return self._fail(BuyerFailure.INSUFFICIENT_DEPOSIT, ev.detail, now)
+
     def _on_cancel(self, ev: CancelRequested, now: float) -> list[Action]:
         out: list[Action] = []
         if self.active is not None:
@@ -473,8 +480,11 @@ class BuyerJob:
         prompt = self.prompt
         if self._delivered:
             prompt = dataclasses.replace(prompt, resume_token_ids=tuple(self._delivered))
+        cover = self.wallet.cumulative(bid.provider_address) + self._reserved
         return [
-            SendAward(to=bid.provider, message=award),
+            SendAward(
+                to=bid.provider, message=award, provider_address=bid.provider_address, cover=cover
+            ),
             SendPrompt(to=bid.provider, message=prompt),
         ]
 
@@ -592,6 +602,9 @@ def _table() -> dict[tuple[BuyerState, type[Event]], _Handler]:
     for s in (S.BACKOFF, S.AWARDING, S.STREAMING):
         t[(s, RfqDelivered)] = B._ignore  # the round it counted for is over
     t[(S.AWARDING, AcceptReceived)] = B._on_accept
+    t[(S.AWARDING, CollateralShort)] = B._on_collateral_short
+    for s in (S.COLLECTING, S.BACKOFF, S.STREAMING):
+        t[(s, CollateralShort)] = B._ignore  # about an award already superseded
     t[(S.STREAMING, ChunkReceived)] = B._on_chunk
     t[(S.STREAMING, EndReceived)] = B._on_end
     t[(S.STREAMING, HeartbeatReceived)] = B._on_heartbeat
@@ -608,6 +621,7 @@ def _table() -> dict[tuple[BuyerState, type[Event]], _Handler]:
             DeadlinePassed,
             PeerDisconnected,
             RfqDelivered,
+            CollateralShort,
         ):
             t[(s, late)] = B._ignore
     return t

@@ -46,6 +46,7 @@ __all__ = [
     "CancelReceived",
     "CancelRequested",
     "ChunkReceived",
+    "CollateralShort",
     "DeadlinePassed",
     "DeclineReceived",
     "EndReceived",
@@ -211,6 +212,15 @@ class CancelReceived(PeerEvent):
     @property
     def message(self) -> Message:
         return self.cancel
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CollateralShort(Event):
+    """Our award to ``peer`` cannot go out: the money we can lock for that provider does
+    not cover the award's :attr:`~market.protocol.actions.SendAward.cover`."""
+
+    peer: str
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,8 +10,12 @@ channel's life*, so the provider only ever needs the latest voucher to redeem.
   into the next cumulative voucher. It never signs more than the deposit.
 * :class:`VoucherBook` (provider side) accepts a voucher only if its signature
   verifies (an injected callback: the settlement code supplies the real EIP-712
-  check), its terms match, it moves forward, and it stays within the buyer's
-  deposit. Anything else is the buyer's fault: :class:`RemoteProtocolError`.
+  check), its terms match, it moves forward, and it stays within the channel's
+  *cover*: what the channel redeemed plus the money the buyer locked for this very
+  provider on chain. Money the buyer merely deposited could be taken first by vouchers
+  it signed to others, so a provider's unpaid exposure to a buyer is bounded by the
+  credit of its open job, whatever the buyer does elsewhere. Anything else is the
+  buyer's fault: :class:`RemoteProtocolError`.
 
 Both are plain objects, shared by every job machine of one node; they do no I/O.
 """
@@ -193,11 +197,12 @@ class BuyerWallet:
 class VoucherBook:
     """The provider's channels: the latest accepted voucher per buyer.
 
-    ``deposit_of(buyer_address)`` returns the buyer's deposit as the provider last
-    saw it on chain; ``verifier(voucher)`` checks the signature.
+    ``cover_of(buyer_address)`` returns the cumulative amount the channel is sure to pay
+    (redeemed + locked for us − under notice to unlock), as the provider last saw it on
+    chain; ``verifier(voucher)`` checks the signature.
     """
 
-    __slots__ = ("_latest", "deposit_of", "provider_address", "terms", "verifier")
+    __slots__ = ("_latest", "cover_of", "provider_address", "terms", "verifier")
 
     def __init__(
         self,
@@ -205,12 +210,12 @@ class VoucherBook:
         provider_address: bytes,
         terms: ChannelTerms,
         verifier: VoucherVerifier,
-        deposit_of: Callable[[bytes], int],
+        cover_of: Callable[[bytes], int],
     ) -> None:
         self.provider_address = provider_address
         self.terms = terms
         self.verifier = verifier
-        self.deposit_of = deposit_of
+        self.cover_of = cover_of
         self._latest: dict[bytes, Voucher] = {}
 
     def cumulative(self, buyer_address: bytes) -> int:
@@ -237,7 +242,7 @@ class VoucherBook:
 
         Raises :class:`RemoteProtocolError` (and records nothing) when the voucher
         names another channel or contract, goes backwards or stands still, exceeds the
-        buyer's deposit, or its signature does not verify.
+        channel's cover, or its signature does not verify.
         """
         t = self.terms
         if voucher.buyer_address != buyer_address:
@@ -256,10 +261,11 @@ class VoucherBook:
             raise RemoteProtocolError(
                 f"voucher goes backwards: {voucher.cumulative_amount} <= {prev}"
             )
-        deposit = self.deposit_of(buyer_address)
-        if voucher.cumulative_amount > deposit:
+        cover = self.cover_of(buyer_address)
+        if voucher.cumulative_amount > cover:
             raise RemoteProtocolError(
-                f"voucher {voucher.cumulative_amount} exceeds the buyer's deposit {deposit}"
+                f"voucher {voucher.cumulative_amount} exceeds what the buyer locked for us"
+                f" ({cover}, redeemed included)"
             )
         if not self.verifier(voucher):
             raise RemoteProtocolError("voucher signature does not verify")

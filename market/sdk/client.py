@@ -64,6 +64,7 @@ from market.protocol.events import (
     CancelReceived,
     CancelRequested,
     ChunkReceived,
+    CollateralShort,
     DeadlinePassed,
     DeclineReceived,
     EndReceived,
@@ -78,6 +79,7 @@ from market.protocol.outcomes import BuyerFailure, BuyerOutcome
 from market.protocol.payments import BuyerWallet
 from market.protocol.signing import SigningKey
 from market.sdk.catalog import Catalog
+from market.sdk.collateral import Collateral
 from market.sdk.reputation import Reputation
 from market.sdk.stake import StakeCheck
 from market.sdk.types import (
@@ -188,10 +190,12 @@ class Client:
         nursery: trio.Nursery,
         ledger: Ledger | None = None,
         stake_check: StakeCheck | None = None,
+        collateral: Collateral | None = None,
     ) -> None:
         self.net = net
         self.ledger = ledger
         self.stake_check = stake_check
+        self.collateral = collateral  # None: no chain (a simulated or test market)
         self._ledger_limiter = trio.CapacityLimiter(1)  # one thread at a time per connection
         self.unstaked_bids = 0
         self.rfq_rounds: Counter[str] = Counter()  # RFQ rounds put out, "direct" / "gossip"
@@ -569,6 +573,8 @@ class _JobRun:
         try:
             if self.client._busy.setdefault(peer, self.job.job_id) != self.job.job_id:
                 raise NetError(f"{peer} is already streaming another of our jobs")
+            if not await self._cover(award):
+                return
             net.protect(peer)
             if held is not None:
                 fs, released = held
@@ -589,6 +595,18 @@ class _JobRun:
             net.unprotect(peer)
         if self.outcome is None:
             self.events_in.send_nowait(PeerDisconnected(peer=peer))
+
+    async def _cover(self, award: SendAward) -> bool:
+        """Lock what the award may cost for its provider first; ``False``: we cannot."""
+        collateral = self.client.collateral
+        if collateral is None:
+            return True
+        try:
+            await collateral.ensure(award.provider_address, award.cover)
+        except Exception as exc:  # short of money, or the chain refused: our side, not theirs
+            self.events_in.send_nowait(CollateralShort(peer=award.to, detail=str(exc)))
+            return False
+        return True
 
     async def _converse(self, peer: str, fs: FramedStream) -> None:
         queued = self.pending.pop(peer, [])
@@ -654,6 +672,7 @@ async def open_client(
     config: ClientConfig | None = None,
     ledger: Ledger | None = None,
     stake_check: StakeCheck | None = None,
+    collateral: Collateral | None = None,
 ) -> AsyncIterator[Client]:
     """Run a buyer client on a started network host (see :mod:`market.sdk.connect`)."""
     async with trio.open_nursery() as nursery:
@@ -665,6 +684,7 @@ async def open_client(
             nursery=nursery,
             ledger=ledger,
             stake_check=stake_check,
+            collateral=collateral,
         )
         net.set_handler(BID_PROTOCOL, client._on_bid_stream)
         offers = await net.subscribe(offers_topic(), check=_offer_check)

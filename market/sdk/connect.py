@@ -101,8 +101,10 @@ async def open_buyer_client(setup: BuyerSetup, **config: Any) -> AsyncIterator[A
     """A running :class:`market.sdk.client.Client` for ``setup`` (its deposit read on chain)."""
     import trio
 
+    from market.chain.aio import TrioChain
     from market.ledger import Ledger
     from market.sdk.client import ClientConfig, open_client
+    from market.sdk.collateral import Collateral
     from market.sdk.stake import StakeCheck
     from p2pnode.net import open_node_host
 
@@ -116,6 +118,10 @@ async def open_buyer_client(setup: BuyerSetup, **config: Any) -> AsyncIterator[A
     cc = ClientConfig(bid_window_ms=setup.bid_window_ms, **config)
     # Only staked providers win (Sybil resistance): the registry is read once per provider.
     stake = StakeCheck.from_registry(dep.registry(client))
+    # Each provider's channel is covered by money locked for it before an award.
+    collateral = Collateral(
+        dep.hub(client), TrioChain(), ident.eth_address_bytes, bytes.fromhex(dep.token[2:])
+    )
     async with (
         open_node_host(ident.libp2p_keypair(), setup.net) as net,
         open_client(
@@ -125,6 +131,7 @@ async def open_buyer_client(setup: BuyerSetup, **config: Any) -> AsyncIterator[A
             config=cc,
             ledger=ledger,
             stake_check=stake,
+            collateral=collateral,
         ) as c,
     ):
         yield c
@@ -134,17 +141,22 @@ def _wallet(client: Any, dep: Any, ident: Any, held: list[Any]) -> Any:
     """The buyer's wallet, resumed: vouchers signed before count, and so do redemptions.
 
     Vouchers are cumulative over a channel's life while the hub balance shrinks as
-    providers redeem, so the wallet's capacity is the balance plus what was redeemed.
+    providers redeem, so the wallet's capacity is the free balance plus, for each
+    provider we signed to, what its channel redeemed and what is still locked for it.
     """
     from market.chain.voucher import draft_signer
     from market.protocol.payments import BuyerWallet, ChannelTerms
 
     hub = dep.hub(client)
     token = bytes.fromhex(dep.token[2:])
-    redeemed = sum(hub.redeemed(sv.voucher.buyer, sv.voucher.provider, token)[0] for sv in held)
+    me = ident.eth_address_bytes
+    providers = sorted({sv.voucher.provider for sv in held})
+    in_channels = sum(
+        hub.redeemed(me, p, token)[0] + hub.collateral(me, p, token).locked for p in providers
+    )
     wallet = BuyerWallet(
         buyer_address=ident.eth_address_bytes,
-        deposit=hub.balance_of(ident.eth_address, dep.token) + redeemed,
+        deposit=hub.balance_of(ident.eth_address, dep.token) + in_channels,
         terms=ChannelTerms(
             token=token, chain_id=dep.chain_id, contract=bytes.fromhex(dep.payment_hub[2:])
         ),

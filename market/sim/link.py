@@ -156,7 +156,7 @@ class FakeLink:
                 provider_address=spec.address,
                 terms=TERMS,
                 verifier=verify,
-                deposit_of=lambda _a: deposit,
+                cover_of=lambda _a: deposit,
             )
             self.providers[spec.name] = self._new_machine(spec.name)
 

@@ -205,7 +205,7 @@ class ProviderNode:
             provider_address=self.address,
             terms=terms,
             verifier=_fake_verify,
-            deposit_of=deposits.__getitem__,
+            cover_of=deposits.__getitem__,
         )
         self.alive = True
         self.frozen_until = 0.0

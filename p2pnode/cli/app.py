@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from p2pnode.cli import chain, identity, market, net, power, serving, sim
+from p2pnode.cli import chain, collateral, identity, market, net, power, serving, sim
 
 app = typer.Typer(
     name="hearth",
@@ -28,7 +28,7 @@ bench = typer.Typer(
 )
 app.add_typer(bench, name="bench")
 
-for _area in (identity, serving, chain, sim, net, market, power):
+for _area in (identity, serving, chain, sim, net, market, collateral, power):
     _area.register(app, bench)
 
 

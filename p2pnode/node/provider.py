@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +75,7 @@ from market.vouchers import record
 from p2pnode.net import NetError, NodeNet
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import GossipMessage, rfq_topic
+from p2pnode.node.cover import CoverCache
 from p2pnode.serving import GenerationRequest, ServingBackend
 
 __all__ = ["ProviderService", "ProviderStats"]
@@ -124,7 +125,7 @@ class ProviderService:
         ledger: Ledger | None,
         status: Callable[[], ProviderStatus],
         config: ProviderConfig | None = None,
-        refresh_deposit: Callable[[bytes], Awaitable[int]] | None = None,
+        covers: CoverCache | None = None,
     ) -> None:
         self.net = net
         self.key = key
@@ -134,7 +135,7 @@ class ProviderService:
         self.book = book
         self.ledger = ledger
         self._status = status
-        self._refresh_deposit = refresh_deposit
+        self.covers = covers  # the chain's view of each buyer's channel (None: no chain)
         self._ledger_limiter = trio.CapacityLimiter(1)
         self.config = config or ProviderConfig()
         self.stats = ProviderStats()
@@ -171,6 +172,19 @@ class ProviderService:
         if self.ledger is not None:
             ledger = self.ledger
             await trio.to_thread.run_sync(write, ledger, limiter=self._ledger_limiter)
+
+    async def fresh_cover(self, voucher: Voucher) -> None:
+        """Re-read the channel's cover when ``voucher`` goes past the cached reading.
+
+        The buyer locks more for us right before an award, after our last reading; a
+        voucher is refused only against what the chain says now. A voucher within the
+        cached cover costs no chain read.
+        """
+        covers = self.covers
+        if covers is None or voucher.cumulative_amount <= covers.cover_of(voucher.buyer_address):
+            return
+        with suppress(Exception):  # unreachable chain: the voucher is judged on the old reading
+            await covers.refresh(voucher.buyer_address)
 
     @property
     def busy(self) -> bool:
@@ -240,9 +254,9 @@ class ProviderService:
     async def _quote(self, rfq: Rfq) -> SendBid | SendDecline:
         """Run the bid policy on ``rfq``: the bid (remembered until awarded) or a decline."""
         self.stats.rfqs_seen += 1
-        if self._refresh_deposit is not None:
+        if self.covers is not None:
             with suppress(Exception):  # unreachable chain: vouchers are checked again later
-                await self._refresh_deposit(rfq.buyer_address)
+                await self.covers.ensure(rfq.buyer_address)
         job = ProviderJob(
             provider=self.key.peer_id,
             provider_address=self.book.provider_address,
@@ -357,6 +371,8 @@ class _JobSession:
                 make = _FROM_BUYER.get(type(message))
                 if make is None:
                     raise RemoteProtocolError(f"unexpected {type(message).__name__} from buyer")
+                if isinstance(message, Voucher):
+                    await self.svc.fresh_cover(message)
                 event = make(self.fs.peer_id, message)
                 if event is not None:
                     self.events_in.send_nowait(event)

@@ -38,8 +38,8 @@ from market.vouchers import from_stored
 from p2pnode.net import NetConfig, NodeNet, open_node_host
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import offers_topic
+from p2pnode.node.cover import CoverCache
 from p2pnode.node.dashboard import serve_dashboard
-from p2pnode.node.deposits import DepositCache
 from p2pnode.node.hardware import detect_gpus
 from p2pnode.node.provider import ProviderService
 from p2pnode.node.telemetry import Telemetry
@@ -175,12 +175,12 @@ async def run_node(
     terms = ChannelTerms(
         token=token, chain_id=dep.chain_id, contract=bytes.fromhex(dep.payment_hub[2:])
     )
-    deposits = DepositCache(hub, chain, ident.eth_address_bytes, token)
+    covers = CoverCache(hub, chain, ident.eth_address_bytes, token)
     book = VoucherBook(
         provider_address=ident.eth_address_bytes,
         terms=terms,
         verifier=message_verifier(chain_id=dep.chain_id, contract=terms.contract),
-        deposit_of=deposits.deposit_of,
+        cover_of=covers.cover_of,
     )
     ledger = Ledger(s.data_dir / "ledger.sqlite")  # the redeemer's connection
     for held in ledger.vouchers(ident.eth_address_bytes):  # resume after a restart
@@ -225,7 +225,7 @@ async def run_node(
             ledger=Ledger(s.data_dir / "ledger.sqlite"),  # its own connection (see in_ledger)
             status=status,
             config=s.provider,
-            refresh_deposit=deposits.ensure,
+            covers=covers,
         )
         node.service = service
         # One tiny generation first, so the first buyer does not pay for the warm-up.
@@ -234,7 +234,7 @@ async def run_node(
             node.power = await nursery.start(run_power, s.power, lambda: service.active_jobs)
             nursery.start_soon(_follow_power, node)
             nursery.start_soon(node.write_status)
-            nursery.start_soon(deposits.run)
+            nursery.start_soon(covers.run)
             if s.dashboard_port:
                 await nursery.start(
                     partial(serve_dashboard, node, token=s.dashboard_token, port=s.dashboard_port)

@@ -457,3 +457,26 @@ def test_constructor_checks_its_inputs() -> None:
         BuyerJob(rfq=rfq(), prompt=Prompt(job_id=JOB, prompt="x"), wallet=w)
     with pytest.raises(LocalProtocolError):
         BuyerJob(rfq=rfq(), prompt=Prompt(job_id=bytes(16), prompt="x"), wallet=new().wallet)
+
+
+def test_the_award_states_the_cover_its_provider_needs() -> None:
+    """Issue 13.3: the driver locks this much for the provider before the award goes."""
+    m = collecting()
+    out = m.handle(bid("PA", 400), 0.05) + m.handle(bid("PB", 600), 0.06)
+    award = next(a for a in out if isinstance(a, A.SendAward))
+    budget = cost_of(32, 1000)  # the job's worst case, reserved at submit
+    assert award.provider_address == (b"PA" * 20)[:20]
+    assert award.cover == budget
+
+
+def test_collateral_short_fails_the_job_as_ours_and_scores_nobody() -> None:
+    m = awarding()
+    assert m.state is S.AWARDING
+    out = m.handle(E.CollateralShort(peer="PB", detail="late"), 0.07)
+    assert out == [] and m.state is S.AWARDING  # about another award: ignored
+    out = m.handle(E.CollateralShort(peer="PA", detail="free deposit is 3"), 0.08)
+    assert m.state is S.FAILED
+    assert not any(isinstance(a, A.ScorePeer) for a in out)
+    assert m.outcome is not None and m.outcome.reason == "insufficient_deposit"
+    assert "free deposit is 3" in m.outcome.detail
+    assert m.wallet.available == 10**9  # the reservation went back

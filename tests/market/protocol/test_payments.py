@@ -33,7 +33,7 @@ def wallet(deposit: int = 1000) -> BuyerWallet:
 
 def book(deposit: int = 1000) -> VoucherBook:
     return VoucherBook(
-        provider_address=PROV, terms=TERMS, verifier=verify, deposit_of=lambda _a: deposit
+        provider_address=PROV, terms=TERMS, verifier=verify, cover_of=lambda _a: deposit
     )
 
 
@@ -80,7 +80,7 @@ def test_book_refuses_backwards_replayed_over_deposit_forged_and_misdirected() -
     for bad, why in [
         (v1, "backwards"),
         (v2, "backwards"),  # replay = standing still
-        (w.pay(JOB, PROV, 400, reserved=9_800), "deposit"),
+        (w.pay(JOB, PROV, 400, reserved=9_800), "locked for us"),
         (dataclasses.replace(w.pay(JOB, OTHER, 1, reserved=9_400)), "another provider"),
         (dataclasses.replace(v2, cumulative_amount=300), "signature"),
         (dataclasses.replace(v2, cumulative_amount=300, epoch=1), "epoch"),

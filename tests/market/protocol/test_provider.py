@@ -55,7 +55,7 @@ def verify(v: Voucher) -> bool:
 
 def new() -> ProviderJob:
     book = VoucherBook(
-        provider_address=ME, terms=TERMS, verifier=verify, deposit_of=lambda a: 10**6
+        provider_address=ME, terms=TERMS, verifier=verify, cover_of=lambda a: 10**6
     )
     return ProviderJob(
         provider="PA", provider_address=ME, policy=POLICY, book=book, config=ProviderConfig()

@@ -256,8 +256,14 @@ def test_settlement_on_chain_matches_the_ledgers_exactly(market: LocalMarket) ->
     buyer_ledger = Ledger(Path(market.dir / "buyer" / "buyer-ledger.sqlite"))
     signed = {sv.voucher.provider: sv.voucher.cumulative_amount for sv in buyer_ledger.vouchers()}
     total_redeemed = 0
+    still_locked = 0
     for name in HOMEOWNERS:
         ident = market.ids[name]
+        # Every award was covered by money locked for its provider first.
+        locked = hub.collateral(buyer, ident.eth_address, dep.token).locked
+        if ident.eth_address_bytes in signed:
+            assert hub.cover(buyer, ident.eth_address, dep.token) >= signed[ident.eth_address_bytes]
+        still_locked += locked
         ledger = Ledger(market.dir / name / "ledger.sqlite")
         held = {sv.voucher.buyer: sv.voucher.cumulative_amount for sv in ledger.vouchers()}
         redeemed, _ = hub.redeemed(buyer, ident.eth_address, dep.token)
@@ -275,7 +281,8 @@ def test_settlement_on_chain_matches_the_ledgers_exactly(market: LocalMarket) ->
         total_redeemed += redeemed
         ledger.close()
     assert total_redeemed > 0
-    assert hub.balance_of(buyer, dep.token) == market.deposit - total_redeemed
+    # Money is conserved: what the buyer deposited is free, locked for a provider, or paid.
+    assert hub.balance_of(buyer, dep.token) + still_locked == market.deposit - total_redeemed
     # `hearth node status` tells the homeowner the same story from the ledger.
     earner = next(n for n in HOMEOWNERS if token.balance_of(market.ids[n].eth_address) > 0)
     out = subprocess.run(
