@@ -202,7 +202,7 @@ class VoucherBook:
     chain; ``verifier(voucher)`` checks the signature.
     """
 
-    __slots__ = ("_latest", "cover_of", "provider_address", "terms", "verifier")
+    __slots__ = ("_latest", "_suspended", "cover_of", "provider_address", "terms", "verifier")
 
     def __init__(
         self,
@@ -217,6 +217,7 @@ class VoucherBook:
         self.verifier = verifier
         self.cover_of = cover_of
         self._latest: dict[bytes, Voucher] = {}
+        self._suspended: dict[bytes, str] = {}
 
     def cumulative(self, buyer_address: bytes) -> int:
         """The highest cumulative amount accepted from ``buyer_address`` (0 if none)."""
@@ -232,6 +233,21 @@ class VoucherBook:
         held = self._latest.get(voucher.buyer_address)
         if held is None or voucher.cumulative_amount > held.cumulative_amount:
             self._latest[voucher.buyer_address] = voucher
+
+    def suspend(self, buyer_address: bytes, cause: str) -> None:
+        """Serve ``buyer_address`` no more: its channel changed under us (``cause``).
+
+        The settlement side calls this when the chain shows a loss on the channel (an
+        epoch moved past vouchers we hold, or money that no longer covers them). What
+        we hold stays redeemable; new jobs from that buyer are declined.
+        """
+        if len(buyer_address) != 20 or not cause:
+            raise LocalProtocolError("suspend needs a 20-byte address and a cause")
+        self._suspended[buyer_address] = cause
+
+    def suspended(self, buyer_address: bytes) -> str | None:
+        """Why ``buyer_address`` is no longer served, or ``None``."""
+        return self._suspended.get(buyer_address)
 
     def latest(self, buyer_address: bytes) -> Voucher | None:
         """The voucher to redeem for ``buyer_address`` (the highest accepted)."""

@@ -83,7 +83,7 @@ from market.protocol.messages import (
 )
 from market.protocol.outcomes import ProviderOutcome
 from market.protocol.payments import VoucherBook
-from market.protocol.policy import BidPolicy, Quote
+from market.protocol.policy import BidPolicy, Quote, Refusal
 
 __all__ = ["ProviderConfig", "ProviderJob", "ProviderState"]
 
@@ -237,7 +237,12 @@ class ProviderJob:
     def _on_rfq(self, ev: RfqReceived, now: float) -> list[Action]:
         rfq = ev.rfq
         self.rfq = rfq
-        decision = self.policy.quote(rfq, ev.status)
+        suspended = self.book.suspended(rfq.buyer_address)
+        decision = (
+            self.policy.quote(rfq, ev.status)
+            if suspended is None
+            else Refusal(reason=DeclineReason.OTHER, detail=f"channel suspended: {suspended}")
+        )
         if not isinstance(decision, Quote):
             decline = Decline(
                 job_id=rfq.job_id,

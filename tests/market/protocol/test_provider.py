@@ -54,9 +54,7 @@ def verify(v: Voucher) -> bool:
 
 
 def new() -> ProviderJob:
-    book = VoucherBook(
-        provider_address=ME, terms=TERMS, verifier=verify, cover_of=lambda a: 10**6
-    )
+    book = VoucherBook(provider_address=ME, terms=TERMS, verifier=verify, cover_of=lambda a: 10**6)
     return ProviderJob(
         provider="PA", provider_address=ME, policy=POLICY, book=book, config=ProviderConfig()
     )
@@ -377,3 +375,17 @@ def test_only_the_first_chunk_leaves_before_it_is_full() -> None:
     m.handle(voucher(cost_of(1, PRICE) or 1), 0.31)
     assert kinds(m.handle(toks(5, 1), 0.4)) == []  # a later partial chunk waits to fill
     assert kinds(m.handle(toks(3, 6), 0.5)) == ["SendChunk"]
+
+
+def test_a_suspended_buyer_is_declined_with_the_cause() -> None:
+    """Issue 13.1: a channel that changed under the provider stops new jobs."""
+    m = new()
+    m.book.suspend(BUYER_ADDR, "epoch 1 on chain voided 279 held in epoch 0")
+    out = m.handle(E.RfqReceived(rfq=RFQ, status=STATUS), 0.0)
+    decline = next(a for a in out if isinstance(a, A.SendDecline))
+    assert decline.message.reason.value == "other"
+    assert "channel suspended: epoch 1 on chain voided 279" in decline.message.detail
+    assert m.state is S.DONE
+    other = dataclasses.replace(RFQ, buyer_address=b"\xcc" * 20)
+    fresh = new()
+    assert kinds(fresh.handle(E.RfqReceived(rfq=other, status=STATUS), 0.0)) == ["SendBid"]
