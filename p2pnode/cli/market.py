@@ -148,6 +148,12 @@ def node_status(
             (doc.get("vouchers", {}).get("held"), doc.get("vouchers", {}).get("pending_amount")),
         ),
         ("redemptions", doc.get("redemptions")),
+        (f"lost by cause ({symbol} base units)", doc.get("losses", {}).get("by_cause") or None),
+        (
+            "flagged buyers",
+            ", ".join(f"{f['buyer']} ({f['cause']})" for f in doc.get("flagged_buyers", []))
+            or None,
+        ),
     ]
     for key, value in rows:
         if value is not None:

@@ -17,8 +17,10 @@ and the host's load — and returns a plain, JSON-ready ``dict``:
     jobs            {active, by_outcome: {status: n}, recent: [{job_id, status, tokens, amount, …}]}
     bids            {rfqs_seen, bids, won, lost, open, declined: {reason: n}}
     earnings        {credited, on_chain_net, series: [[t, cumulative]], by_day: [...]}
-    vouchers        {held, pending_amount}
+    vouchers        {held, pending_amount}         (pending: neither redeemed nor lost)
     redemptions     {status: {count, amount}}
+    losses          {total, by_cause: {cause: amount}, items: [{buyer, token, epoch, cause, amount, detail}]}
+    flagged_buyers  [{buyer, cause, detail, flagged_at}]  (buyers the ledger says not to serve)
     power           {state, since, history: [{at, state, reason}]}
     hardware        {cpu: {load1, cores, mem_used_frac}, gpus: [{index, name, util_pct, temp_c, power_w}] | None}
     peers           {count, ids}
@@ -222,13 +224,49 @@ class Telemetry:
             "earnings": {"credited": 0, "on_chain_net": 0, "series": [], "by_day": []},
             "vouchers": {"held": 0, "pending_amount": 0},
             "redemptions": {},
+            "losses": {"total": 0, "by_cause": {}, "items": []},
+            "flagged_buyers": [],
         }
         if db is None:
             return empty
         try:
-            return self._read_ledger(db)
+            doc = self._read_ledger(db)
         except sqlite3.OperationalError:  # tables not created yet, or a locked moment
             return empty
+        try:
+            doc.update(self._read_losses(db))
+        except sqlite3.OperationalError:  # a ledger from before losses were recorded
+            doc.update({k: empty[k] for k in ("losses", "flagged_buyers")})
+        return doc
+
+    def _read_losses(self, db: sqlite3.Connection) -> dict[str, Any]:
+        """What held vouchers can no longer be redeemed for, by cause, and the flagged
+        buyers (see :meth:`market.ledger.Ledger.record_loss`)."""
+        where, args = ("WHERE lower(provider) = ?", [self.provider_address])
+        if not self.provider_address:
+            where, args = "", []
+        items = [
+            {"buyer": b, "token": tk, "epoch": ep, "cause": c, "amount": int(a), "detail": d}
+            for b, tk, ep, c, a, d in db.execute(
+                f"SELECT buyer, token, epoch, cause, amount, detail FROM losses {where} "
+                "ORDER BY first_seen",
+                args,
+            )
+            if int(a) > 0
+        ]
+        by_cause: dict[str, int] = {}
+        for item in items:
+            by_cause[item["cause"]] = by_cause.get(item["cause"], 0) + item["amount"]
+        flagged = [
+            {"buyer": b, "cause": c, "detail": d, "flagged_at": t}
+            for b, c, d, t in db.execute(
+                "SELECT buyer, cause, detail, flagged_at FROM flagged_buyers ORDER BY flagged_at"
+            )
+        ]
+        return {
+            "losses": {"total": sum(by_cause.values()), "by_cause": by_cause, "items": items},
+            "flagged_buyers": flagged,
+        }
 
     def _read_ledger(self, db: sqlite3.Connection) -> dict[str, Any]:
         by_outcome = {
@@ -283,6 +321,12 @@ class Telemetry:
             if st == "confirmed":
                 key = (b, p, tk, ep)
                 confirmed[key] = max(confirmed.get(key, 0), int(amt))
+        lost: dict[tuple[str, str, str, int], int] = {}
+        with contextlib.suppress(sqlite3.OperationalError):  # no losses table: none lost
+            for b, p, tk, ep, amt in db.execute(
+                "SELECT buyer, provider, token, epoch, amount FROM losses"
+            ):
+                lost[(b, p, tk, ep)] = lost.get((b, p, tk, ep), 0) + int(amt)
         held = pending = 0
         where, args = ("WHERE lower(provider) = ?", [self.provider_address])
         if not self.provider_address:
@@ -291,7 +335,8 @@ class Telemetry:
             f"SELECT buyer, provider, token, epoch, cumulative_amount FROM vouchers {where}", args
         ):
             held += 1
-            pending += max(0, int(amt) - confirmed.get((b, p, tk, ep), 0))
+            key = (b, p, tk, ep)
+            pending += max(0, int(amt) - confirmed.get(key, 0) - lost.get(key, 0))
         return {
             "jobs": {"by_outcome": by_outcome, "recent": recent},
             "earnings": {

@@ -79,6 +79,10 @@ function render(s) {
   $("redemptions").textContent = Object.keys(r).length
     ? "redemptions: " + Object.entries(r).map(([k, v]) => `${v.count} ${k}`).join(", ")
     : `${s.vouchers.held} channel(s), no redemptions yet`;
+  const lost = s.losses || { total: 0, by_cause: {} }, flagged = s.flagged_buyers || [];
+  $("losses").textContent = (lost.total > 0
+    ? "lost: " + Object.entries(lost.by_cause).map(([k, v]) => `${money(v)} (${k.replace("_", " ")})`).join(", ")
+    : "") + (flagged.length ? `${lost.total > 0 ? " · " : ""}${flagged.length} buyer(s) flagged` : "");
   $("tokens").textContent = s.tokens.total.toLocaleString();
   $("tokens-rate").textContent = s.tokens.per_s.toFixed(1) + " tokens/s";
   const done = s.jobs.by_outcome.done || 0;

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from market.ledger import Ledger, Redeemer, RedemptionPolicy
 from market.ledger.store import LOSS_BALANCE_SHORT, LOSS_STALE_EPOCH
+from p2pnode.node.telemetry import Telemetry
 from tests.market.chain.conftest import DEPOSIT, Market
 
 
@@ -59,6 +60,18 @@ def test_voided_epoch_is_recorded_lost_with_its_cause_and_the_buyer_flagged(
     assert again.losses() == [loss] and len(again.flagged_buyers()) == 1
     (st,) = [r.standing(sv) for sv in ledger.vouchers()]
     assert (st.owed, st.payable, st.lost) == (279, 0, 279)
+    # and the node's status (`hearth node status`, the dashboard) says so
+    tele = Telemetry(ledger_path=tmp_path / "l.db", provider_address=market.provider.address)
+    doc = tele.snapshot(state="stopped", service=None, net=None, power_state="normal")
+    tele.close()
+    assert doc["losses"]["total"] == 279
+    assert doc["losses"]["by_cause"] == {LOSS_STALE_EPOCH: 279}
+    assert doc["vouchers"] == {"held": 1, "pending_amount": 0}  # lost, so not pending
+    (shown,) = doc["flagged_buyers"]
+    assert (shown["buyer"], shown["cause"]) == (
+        "0x" + market.buyer.address_bytes.hex(),
+        LOSS_STALE_EPOCH,
+    )
 
 
 def test_loss_of_a_voided_epoch_counts_only_what_it_had_not_redeemed(
