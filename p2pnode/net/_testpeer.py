@@ -341,7 +341,7 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
 async def main(args: argparse.Namespace) -> None:
     from libp2p.crypto.ed25519 import create_new_key_pair
 
-    seed = os.urandom(32)
+    seed = bytes.fromhex(args.seed) if args.seed else os.urandom(32)
     cfg = NetConfig(
         listen=tuple(args.listen),
         announce=tuple(args.announce),
@@ -394,6 +394,7 @@ def cli() -> None:
     p.add_argument("--target-peers", type=int, default=8)
     p.add_argument("--dht", default="server", choices=["off", "client", "server"])
     p.add_argument("--bench", action="store_true")
+    p.add_argument("--seed", default="", help="identity: 32-byte seed in hex (default random)")
     args = p.parse_args()
     import logging
 

@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _RDV_TTL = 2 * 3600
 _QUERY_TIMEOUT = 10.0
+_LOCATE_TIMEOUT = 5.0
 
 
 PEERS_NAMESPACE = "hearth/peers"
@@ -161,11 +162,11 @@ class Discovery:
 
         Returns how many providers we are connected to afterwards.
         """
-        store = self.net.host.get_peerstore()
         infos = []
         for pid_str in await self.find_providers(model_id, 50):
             pid = ID.from_base58(pid_str)
-            infos.append(PeerInfo(pid, store.addrs(pid)))
+            addrs = [multiaddr.Multiaddr(a) for a in self.net.dialer.candidates(pid)]
+            infos.append(PeerInfo(pid, addrs))
         conns = self.net.host.get_network().connections
         have = sum(1 for i in infos if conns.get(i.peer_id))
         return have + await self._dial_some(infos, count - have)
@@ -209,13 +210,46 @@ class Discovery:
                 except Exception as e:
                     logger.info("rendezvous register at %s failed: %r", pid, e)
 
+    async def locate(self, peer_id: ID) -> list[Any]:
+        """Ask the DHT where ``peer_id`` is now; the addresses its answer gave.
+
+        A network lookup, never the local shortcut (py-libp2p's ``find_peer`` answers
+        from the routing table or peerstore first: the very addresses that just failed).
+        The closest peers (the bootstraps, which the peer re-identified with when it came
+        back) name it with its signed peer record, which replaces the stale addresses in
+        our peerstore; what it names is returned, newest record first.
+        """
+        if self.dht is None:
+            return []
+        store = self.net.host.get_peerstore()
+
+        def known() -> list[Any]:
+            try:
+                return list(store.addrs(peer_id))
+            except Exception:
+                return []
+
+        before = {str(a) for a in known()}
+        with trio.move_on_after(_LOCATE_TIMEOUT):
+            try:
+                await self.dht.peer_routing.find_closest_peers_network(peer_id.to_bytes())
+            except Exception as e:
+                logger.info("DHT lookup of %s failed: %r", peer_id, e)
+        signed: list[Any] = []
+        try:
+            envelope = store.get_peer_record(peer_id)
+            if envelope is not None:
+                signed = list(envelope.record().addrs)
+        except Exception:
+            logger.debug("no signed record for %s", peer_id, exc_info=True)
+        return signed + [a for a in known() if str(a) not in before]
+
     async def find_providers(self, model_id: str, limit: int = 20) -> list[str]:
         """Providers of ``model_id`` from the DHT and every rendezvous point, deduplicated.
 
         Their addresses are added to the peerstore, so ``open_stream`` can dial them.
         """
         found: dict[ID, PeerInfo] = {}
-        store = self.net.host.get_peerstore()
         if self.dht is not None:
             with trio.move_on_after(_QUERY_TIMEOUT):
                 try:
@@ -237,8 +271,8 @@ class Discovery:
             if pid == me:
                 continue
             if info.addrs:
-                try:
-                    store.add_addrs(pid, info.addrs, 3600)
+                try:  # an answer is newer than what we knew: in front, not merged behind
+                    self.net.dialer.learn(pid, info.addrs)
                 except Exception:
                     logger.debug("peerstore add failed", exc_info=True)
             out.append(pid.to_base58())

@@ -20,6 +20,10 @@ What it guarantees (each a py-libp2p 0.8.1 sharp edge, absorbed here):
   :class:`~p2pnode.net.pubsub.HardenedPubsub`.
 * Connection reuse: streams ride the existing connection; :meth:`NodeNet.protect`
   keeps (and re-dials) connections to peers in active trade.
+* Peers that move stay reachable: every dial goes through
+  :class:`~p2pnode.net.dialer.Dialer` — all known addresses at once, freshest (newest
+  signed peer record) first, then a DHT lookup at once when they fail; py-libp2p alone
+  dials one stale address and then blocks the peer for 60 s.
 * Clean stop: on exit every listener and connection is closed explicitly — the port is
   free afterwards (tested with a probe).
 """
@@ -49,6 +53,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2pnode.net.config import NetConfig
+from p2pnode.net.dialer import Dialer
 from p2pnode.net.discovery import Discovery
 from p2pnode.net.errors import DialFailed, PublishTooLarge
 from p2pnode.net.framing import FramedStream
@@ -122,6 +127,7 @@ class NodeNet:
         self.errors: Counter[str] = Counter()
         self._protected: set[ID] = set()
         self._peer_cache = PeerCache.load(cfg.peer_cache) if cfg.peer_cache else None
+        self.dialer = Dialer(self)
         self._nursery: trio.Nursery | None = None
         self.relay_addrs: list[str] = []
         self.relay: Any = None
@@ -164,18 +170,25 @@ class NodeNet:
         await self._connect_info(info, timeout)
         return str(info.peer_id.to_base58())
 
-    async def _connect_info(self, info: PeerInfo, timeout: float | None = None) -> None:
-        if info.peer_id == self.host.get_id():
-            return
-        if self.host.get_network().connections.get(info.peer_id):
-            return
+    async def reach(self, peer_id: str, timeout: float | None = None) -> None:
+        """Be connected to ``peer_id`` wherever it is now (its addresses may have changed).
+
+        Known addresses are dialled at once, freshest first; when they fail the DHT is
+        asked at once. Raises :class:`DialFailed`.
+        """
         try:
-            with trio.fail_after(timeout or self.cfg.dial_timeout):
-                await self.host.connect(info)
-        except trio.TooSlowError as e:
-            raise DialFailed(f"dial to {info.peer_id} timed out") from e
+            pid = ID.from_base58(peer_id)
         except Exception as e:
-            raise DialFailed(f"dial to {info.peer_id} failed: {e!r}") from e
+            raise DialFailed(f"not a peer id: {peer_id!r}") from e
+        await self.dialer.dial(pid, timeout=timeout or self.cfg.dial_timeout)
+
+    async def _connect_info(
+        self, info: PeerInfo, timeout: float | None = None, *, discover: bool = True
+    ) -> None:
+        """Connect to ``info.peer_id``; ``info.addrs`` are hints tried with what we know."""
+        await self.dialer.dial(
+            info.peer_id, info.addrs, timeout=timeout or self.cfg.dial_timeout, discover=discover
+        )
 
     def protect(self, peer_id: str) -> None:
         """Keep a connection to ``peer_id`` open (re-dialled if lost) while trading."""
@@ -265,6 +278,8 @@ class NodeNet:
         pid = ID.from_base58(peer_id)
         try:
             with trio.fail_after(timeout or self.cfg.dial_timeout):
+                if not self.host.get_network().connections.get(pid):
+                    await self.dialer.dial(pid, timeout=timeout or self.cfg.dial_timeout)
                 raw = await self.host.new_stream(pid, [TProtocol(protocol)])
         except trio.TooSlowError as e:
             raise DialFailed(f"opening {protocol} to {peer_id} timed out") from e
@@ -309,6 +324,7 @@ class NodeNet:
                 "offences": dict(ps.offences),
             },
             "errors": dict(self.errors),
+            "dials": dict(self.dialer.stats),
             "protected": len(self._protected),
             "relay": self.relay.stats() if self.relay is not None else {},
             "rendezvous": self.discovery.rendezvous_stats() if self.discovery else {},
@@ -335,7 +351,8 @@ class NodeNet:
         async def dial(info: PeerInfo) -> None:
             nonlocal ok
             try:
-                await self._connect_info(info)
+                # no DHT lookup here: we are joining, nobody is there to ask yet
+                await self._connect_info(info, discover=False)
                 ok += 1
             except DialFailed as e:
                 logger.info("join: %s", e)
@@ -350,10 +367,9 @@ class NodeNet:
             await trio.sleep(self.cfg.keepalive_interval)
             for pid in list(self._protected):
                 if not self.host.get_network().connections.get(pid):
-                    addrs = self.host.get_peerstore().addrs(pid)
                     try:
-                        await self._connect_info(PeerInfo(pid, addrs))
-                    except (DialFailed, Exception) as e:
+                        await self.dialer.dial(pid, timeout=self.cfg.dial_timeout)
+                    except Exception as e:
                         logger.info("keepalive redial of %s failed: %r", pid, e)
 
     def _remember_connected(self) -> None:

@@ -48,7 +48,11 @@ class PeerCache:
         return cache
 
     def remember(self, peer_id: str, addrs: list[str], when: float | None = None) -> None:
-        """Record that ``peer_id`` was reachable at ``addrs`` (circuit addresses kept too)."""
+        """Record that ``peer_id`` was reachable at ``addrs`` (circuit addresses kept too).
+
+        The entry is replaced, never merged: a node that moved (new port, new IP) must
+        not keep its dead address in front of the live one across our restarts.
+        """
         if addrs:
             self.peers[peer_id] = (sorted(set(addrs)), time.time() if when is None else when)
 
