@@ -186,12 +186,15 @@ class Redeemer:
         redeemed, epoch = self.hub.redeemed(row.buyer, row.provider, row.token)
         return epoch > row.epoch or (epoch == row.epoch and redeemed >= row.cumulative_amount)
 
+    def pending(self) -> list[RedemptionRow]:
+        """Our redemptions still ``pending`` (signed with this client's key), oldest first."""
+        return [row for row in self.ledger.redemptions(PENDING) if row.provider == self.provider]
+
     def in_flight(self, buyer: bytes, token: bytes) -> RedemptionRow | None:
         """A pending redemption of ours on the (buyer, token) channel that may still land
         and pay, if any: while it exists nothing more is signed for that channel."""
-        for row in self.ledger.redemptions(PENDING):
-            mine = (row.buyer, row.provider, row.token) == (buyer, self.provider, token)
-            if mine and not self._covered(row):
+        for row in self.pending():
+            if (row.buyer, row.token) == (buyer, token) and not self._covered(row):
                 return row
         return None
 
@@ -207,11 +210,7 @@ class Redeemer:
         for sv in held:
             k = (sv.voucher.buyer, sv.voucher.token)
             newest_epoch[k] = max(newest_epoch.get(k, 0), sv.voucher.epoch)
-        busy = {
-            (row.buyer, row.token)
-            for row in self.ledger.redemptions(PENDING)
-            if row.provider == self.provider and not self._covered(row)
-        }
+        busy = {(row.buyer, row.token) for row in self.pending() if not self._covered(row)}
         out = []
         for sv in held:
             v = sv.voucher
@@ -281,10 +280,9 @@ class Redeemer:
         """Settle every ``pending`` redemption by receipt and nonce (on start-up, and
         each round): see the module docstring. One still pending after `wait_s` is left
         pending, never dropped while its nonce is unused."""
-        results = [self._reconcile_one(row, wait_s) for row in self.ledger.redemptions(PENDING)]
+        results = [self._reconcile_one(row, wait_s) for row in self.pending()]
         self.client.nonces.resync()
-        self.sync_earnings()
-        self.review()
+        self.review()  # syncs earnings first
         return results
 
     def _reconcile_one(self, row: RedemptionRow, wait_s: float) -> RedemptionResult:
@@ -319,6 +317,7 @@ class Redeemer:
         and flag those buyers (idempotent: the same state records nothing new). A
         shortfall is kept current, back to 0 once the buyer makes it good; a voided
         epoch is lost for good. Returns the current losses."""
+        self.sync_earnings()  # what a voided epoch had redeemed comes from its logs
         for sv in self.held():
             v = sv.voucher
             st = self.standing(sv)
@@ -387,9 +386,8 @@ class Redeemer:
     def step(self) -> list[RedemptionResult]:
         """One round of the redemption loop: settle what is pending (without waiting),
         watch notices, redeem what is due, record losses."""
-        results = [self._reconcile_one(row, 0) for row in self.ledger.redemptions(PENDING)]
+        results = [self._reconcile_one(row, 0) for row in self.pending()]
         self.sync_withdrawal_notices()
         results += self.redeem_due()
-        self.sync_earnings()
-        self.review()
+        self.review()  # syncs earnings first
         return results

@@ -128,3 +128,30 @@ async def test_service_reconciles_then_redeems(market: Market, tmp_path: Path) -
         )[0]
         == 9_000
     )
+
+
+def test_reconciled_failure_keeps_its_reason(market: Market, tmp_path: Path) -> None:
+    """A pending redemption mined and reverted behind another redemption of the same
+    voucher in its block (submitted by someone else): the ledger says why it failed."""
+    from tests.market.chain.test_client import _automine, _mine
+
+    ledger = Ledger(tmp_path / "l.db")
+    r = _redeemer(market, ledger)
+    _hold(market, ledger, 777)
+    (sv,) = ledger.vouchers()
+    theirs = market.hub(market.admin).sign_redeem(market.signed(777))
+    ours = market.hub(market.provider).sign_redeem(market.signed(777), gas=200_000)
+    rid = ledger.record_intent(sv.voucher, ours.tx_hash, ours.raw, ours.nonce)
+    _automine(market.admin, False)
+    try:
+        market.admin.broadcast(theirs)
+        market.provider.broadcast(ours)  # … and the node dies before it sees the receipt
+        _mine(market.admin)
+    finally:
+        _automine(market.admin, True)
+    (result,) = r.reconcile(wait_s=0)
+    assert (result.redemption_id, result.status) == (rid, "failed")
+    (row,) = ledger.redemptions()
+    assert row.status == "failed" and "PaymentHubNothingToRedeem(777, 777)" in row.note
+    assert r.redeem_due(gas_price_wei=0) == []  # paid (to us, by someone else): nothing due
+    assert ledger.losses() == [] and not ledger.is_flagged(market.buyer.address_bytes)
