@@ -190,7 +190,18 @@ def node_redeem(config: ConfigOpt = Path("hearth.toml")) -> None:
     redeemer = Redeemer(ledger, s.deployment.hub(client), s.redemption)
     redeemer.reconcile()
     done = redeem_all(redeemer)
-    typer.echo(json.dumps({"redeemed": done, "confirmed": len(ledger.redemptions("confirmed"))}))
+    typer.echo(
+        json.dumps(
+            {
+                "redeemed": done,
+                "confirmed": len(ledger.redemptions("confirmed")),
+                # may still land (nonce unused): never sent again; run this again later
+                "pending": len(ledger.redemptions("pending")),
+                "lost": ledger.lost_total(),
+                "flagged_buyers": len(ledger.flagged_buyers()),
+            }
+        )
+    )
 
 
 def _decimal(text: str) -> Decimal:
