@@ -35,8 +35,9 @@ Losses (:meth:`Redeemer.review`): every unit a held voucher claims is redeemable
 redeemed, or recorded lost with its cause — the channel moved to a newer epoch before
 the voucher was redeemed (``stale_epoch``: void for ever), or the buyer's money on the
 hub cannot cover it (``balance_short``: kept current, redeemable if the buyer deposits
-more). The buyer is flagged in the ledger (:meth:`Ledger.is_flagged`); who advanced the
-epoch does not matter.
+more; the hub pays from the collateral the buyer locked for us, then from its free
+balance). The buyer is flagged in the ledger (:meth:`Ledger.is_flagged`); who advanced
+the epoch does not matter.
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ class Redeemer:
         return self.hub.redeemed(v.buyer, v.provider, v.token)
 
     def cover(self, v: Voucher) -> int:
-        """What the hub can pay on `v` at most now: the buyer's balance."""
-        return self.hub.balance_of(v.buyer, v.token)
+        """What the hub can pay on `v` at most now: what the buyer locked for this
+        provider (drawn on first, its part under unlock notice included until the notice
+        is executed) plus the buyer's free balance (which others' vouchers may take)."""
+        locked = self.hub.collateral(v.buyer, v.provider, v.token).locked
+        return locked + self.hub.balance_of(v.buyer, v.token)
 
     def standing(self, sv: StoredVoucher) -> Standing:
         """Read the chain for `sv`: what it still claims, what is payable, what is lost."""
@@ -159,7 +163,7 @@ class Redeemer:
             return Standing(owed=0, payable=0, lost=0, cause=None)
         payable = min(owed, self.cover(v))
         lost = owed - payable
-        detail = f"buyer's balance covers {payable} of {owed} owed" if lost else ""
+        detail = f"the buyer's lock and balance cover {payable} of {owed} owed" if lost else ""
         return Standing(
             owed=owed,
             payable=payable,
@@ -169,8 +173,8 @@ class Redeemer:
         )
 
     def accrued(self, sv: StoredVoucher) -> int:
-        """What redeeming `sv` now would take: the unredeemed part, capped by the buyer's
-        deposit (0 if nothing is owed or its epoch is void; see :meth:`standing`)."""
+        """What redeeming `sv` now would take: the unredeemed part, capped by what the
+        hub holds for it (0 if nothing is owed or its epoch is void; see :meth:`standing`)."""
         return self.standing(sv).payable
 
     def held(self) -> list[StoredVoucher]:

@@ -129,3 +129,20 @@ def test_drained_buyer_is_reported_lost_without_a_transaction(
     (loss,) = ledger.losses()
     assert (loss.cause, loss.amount) == (LOSS_BALANCE_SHORT, 5_000)
     assert ledger.is_flagged(market.buyer.address_bytes)
+
+
+def test_collateral_locked_for_us_counts_as_cover(market: Market, tmp_path: Path) -> None:
+    """A buyer whose whole deposit is locked for this provider has no free balance, yet
+    the hub pays the provider from the lock first: due, paid, nothing lost or flagged."""
+    ledger = Ledger(tmp_path / "l.db")
+    r = Redeemer(ledger, market.hub(market.provider), RedemptionPolicy(gas_multiple=0))
+    market.hub(market.buyer).lock(market.provider.address, market.deployment.token, DEPOSIT)
+    assert market.hub().balance_of(market.buyer.address, market.deployment.token) == 0
+    _hold(market, ledger, 4_000)
+    (res,) = r.step()
+    assert res.status == "confirmed"
+    assert ledger.losses() == [] and ledger.flagged_buyers() == []
+    collateral = market.hub().collateral(
+        market.buyer.address, market.provider.address, market.deployment.token
+    )
+    assert collateral.locked == DEPOSIT - 4_000
