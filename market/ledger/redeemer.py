@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from market.chain.client import ChainClient, Receipt, SignedTx
 from market.chain.contracts import PaymentHub, SignedVoucher
-from market.chain.errors import ChainError, ContractReverted
+from market.chain.errors import ContractReverted
 from market.chain.events import LogPoller
 from market.chain.voucher import Voucher
 from market.ledger.store import (
@@ -262,7 +262,7 @@ class Redeemer:
             return RedemptionResult(rid, CONFIRMED, receipt)
         try:
             reason = str(self.client.explain_failure(receipt))
-        except ChainError as exc:  # the receipt settles it; the reason is a courtesy
+        except Exception as exc:  # the receipt settles it; the reason is a courtesy
             reason = f"reverted (reason unavailable: {exc})"
         self.ledger.settle(
             rid, FAILED, block_number=receipt.block_number, gas_used=receipt.gas_used, note=reason
