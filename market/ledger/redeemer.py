@@ -3,9 +3,10 @@
 Policy (:class:`RedemptionPolicy`): a channel is *due* when what it has accrued (the
 held voucher minus what the chain says is redeemed) is worth at least
 ``gas_multiple`` × the gas cost of a redemption, or — whatever the amount — when the
-buyer has given withdrawal notice that ends within ``notice_margin_s`` (we watch the
-hub's ``WithdrawalRequested`` events), or when a newer epoch is waiting behind an older
-one.
+buyer has given notice that ends within ``notice_margin_s`` — to withdraw its free
+balance, or to release what it locked for us (we watch the hub's
+``WithdrawalRequested`` and our channels' ``UnlockRequested`` events) — or when a newer
+epoch is waiting behind an older one.
 
 Exactly once (:meth:`Redeemer.redeem`):
 
@@ -381,9 +382,36 @@ class Redeemer:
                     buyer, token, int(ev.args["amount"]), int(ev.args["unlockAt"]), ev.block_number
                 )
             else:
-                self.ledger.db["withdrawal_notices"].delete_where(
-                    "buyer = ? and token = ?", ["0x" + buyer.hex(), "0x" + token.hex()]
+                self.ledger.clear_withdrawal_notice(buyer, token)
+        self.ledger.set_meta(key, str(poller.next_block))
+        return len(events) + self.sync_unlock_notices()
+
+    def sync_unlock_notices(self) -> int:
+        """Record buyers' notices to release money locked for *us* (``UnlockRequested``).
+
+        Such a notice makes the channel due like a withdrawal notice: the lock is what
+        covers the vouchers we accepted, so we redeem before it is released.
+        """
+        key = f"unlock_notices_block:{self.hub.address}"
+        topic = b"\x00" * 12 + self.provider
+        poller = self._poller(
+            key, ["UnlockRequested", "UnlockCancelled", "Unlocked"], [None, topic]
+        )
+        events = poller.poll()
+        for ev in events:
+            buyer = bytes.fromhex(ev.args["buyer"][2:])
+            token = bytes.fromhex(ev.args["token"][2:])
+            if ev.name == "UnlockRequested":
+                self.ledger.record_withdrawal_notice(
+                    buyer,
+                    token,
+                    int(ev.args["amount"]),
+                    int(ev.args["unlockAt"]),
+                    ev.block_number,
+                    kind="unlock",
                 )
+            else:
+                self.ledger.clear_withdrawal_notice(buyer, token, kind="unlock")
         self.ledger.set_meta(key, str(poller.next_block))
         return len(events)
 

@@ -15,8 +15,9 @@ Tables
 ``earnings``      one row per on-chain ``Redeemed`` event paying us, keyed by
                   ``(tx_hash, log_index)``: the chain is the truth, and the key makes
                   re-reading the same log harmless.
-``withdrawal_notices``  buyers' ``WithdrawalRequested`` notices (the policy redeems
-                  before they end).
+``withdrawal_notices``  buyers' ``WithdrawalRequested`` notices, and
+``unlock_notices``  their ``UnlockRequested`` notices to release money locked for us
+                  (the policy redeems before either ends).
 ``losses``        what a held voucher can no longer be redeemed for, and why (one row
                   per channel epoch and cause; see :meth:`Ledger.record_loss`): every
                   unit owed is redeemable, redeemed, or here — never silently zero.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,9 @@ __all__ = [
     "RedemptionRow",
     "StoredVoucher",
 ]
+
+#: Where each kind of notice is kept (see the module docstring).
+_NOTICE_TABLES = {"withdrawal": "withdrawal_notices", "unlock": "unlock_notices"}
 
 PENDING, CONFIRMED, FAILED, DROPPED = "pending", "confirmed", "failed", "dropped"
 
@@ -176,11 +181,15 @@ class Ledger:
                 },
                 pk=("tx_hash", "log_index"),
             )  # fmt: skip
-        if "withdrawal_notices" not in db.table_names():
-            db["withdrawal_notices"].create(
-                {"buyer": str, "token": str, "amount": str, "unlock_at": int, "block_number": int},
-                pk=("buyer", "token"),
-            )
+        for table in _NOTICE_TABLES.values():
+            if table not in db.table_names():
+                db[table].create(
+                    {
+                        "buyer": str, "token": str, "amount": str, "unlock_at": int,
+                        "block_number": int,
+                    },
+                    pk=("buyer", "token"),
+                )  # fmt: skip
         if "jobs" not in db.table_names():
             db["jobs"].create(
                 {
@@ -407,9 +416,18 @@ class Ledger:
     # ------------------------------------------------------- withdrawals
 
     def record_withdrawal_notice(
-        self, buyer: bytes, token: bytes, amount: int, unlock_at: int, block_number: int
+        self,
+        buyer: bytes,
+        token: bytes,
+        amount: int,
+        unlock_at: int,
+        block_number: int,
+        *,
+        kind: str = "withdrawal",
     ) -> None:
-        self.db["withdrawal_notices"].upsert(
+        """Remember that ``buyer``'s money leaves at ``unlock_at``: a withdrawal of its free
+        balance, or (``kind="unlock"``) the release of what it locked for us."""
+        self.db[_NOTICE_TABLES[kind]].upsert(
             {
                 "buyer": _hex(buyer), "token": _hex(token), "amount": str(amount),
                 "unlock_at": unlock_at, "block_number": block_number,
@@ -417,11 +435,21 @@ class Ledger:
             pk=("buyer", "token"),
         )  # fmt: skip
 
+    def clear_withdrawal_notice(
+        self, buyer: bytes, token: bytes, *, kind: str = "withdrawal"
+    ) -> None:
+        """The notice was cancelled or carried out."""
+        self.db[_NOTICE_TABLES[kind]].delete_where(
+            "buyer = ? and token = ?", [_hex(buyer), _hex(token)]
+        )
+
     def withdrawal_unlock_at(self, buyer: bytes, token: bytes) -> int | None:
-        try:
-            return int(self.db["withdrawal_notices"].get((_hex(buyer), _hex(token)))["unlock_at"])
-        except sqlite_utils.db.NotFoundError:
-            return None
+        """When the first of ``buyer``'s pending notices (either kind) ends, or ``None``."""
+        ends = []
+        for table in _NOTICE_TABLES.values():
+            with suppress(sqlite_utils.db.NotFoundError):
+                ends.append(int(self.db[table].get((_hex(buyer), _hex(token)))["unlock_at"]))
+        return min(ends, default=None)
 
     # --------------------------------------------------------------- losses
 

@@ -29,6 +29,7 @@ from market.chain.voucher import message_verifier
 from market.identity import Identity
 from market.ledger import Ledger, Redeemer, RedemptionPolicy
 from market.ledger.service import run_redeemer
+from market.ledger.store import PENDING
 from market.protocol import ModelOffer, Offer
 from market.protocol.payments import ChannelTerms, VoucherBook
 from market.protocol.policy import CostPlusPolicy, ProviderStatus
@@ -240,7 +241,13 @@ async def run_node(
                     partial(serve_dashboard, node, token=s.dashboard_token, port=s.dashboard_port)
                 )
             await nursery.start(
-                partial(run_redeemer, redeemer, chain, interval_s=s.redeem_interval_s)
+                partial(
+                    run_redeemer,
+                    redeemer,
+                    chain,
+                    interval_s=s.redeem_interval_s,
+                    suspend=book.suspend,
+                )
             )
             net.set_handler(OFFER_PROTOCOL, _offer_handler(node, model, model_hex, gpus))
             await nursery.start(service.run)
@@ -272,12 +279,12 @@ def redeem_all(redeemer: Redeemer) -> int:
     """Redeem every held voucher with something accrued, worth the gas or not.
 
     Used on the way out (drain) and by ``hearth node redeem``; returns how many
-    redemptions were sent.
+    redemptions were settled (one still pending from before is not sent again, and
+    not counted).
     """
     sent = 0
     for sv in redeemer.ledger.vouchers(redeemer.provider):
-        if redeemer.accrued(sv) > 0:
-            redeemer.redeem(sv)
+        if redeemer.accrued(sv) > 0 and redeemer.redeem(sv).status != PENDING:
             sent += 1
     redeemer.sync_earnings()
     return sent

@@ -146,3 +146,45 @@ def test_collateral_locked_for_us_counts_as_cover(market: Market, tmp_path: Path
         market.buyer.address, market.provider.address, market.deployment.token
     )
     assert collateral.locked == DEPOSIT - 4_000
+
+
+async def test_the_node_stops_serving_a_buyer_whose_channel_changed_under_it(
+    market: Market, tmp_path: Path
+) -> None:
+    """The redemption service hands flagged buyers to the voucher book: their RFQs are
+    declined with the cause, while what we hold stays on the ledger."""
+    import trio
+
+    from market.chain.aio import TrioChain
+    from market.ledger.service import run_redeemer
+    from market.protocol.payments import ChannelTerms, VoucherBook
+
+    ledger = Ledger(tmp_path / "l.db")
+    r = Redeemer(ledger, market.hub(market.provider), RedemptionPolicy(gas_multiple=0))
+    hub = market.hub()
+    book = VoucherBook(
+        provider_address=market.provider.address_bytes,
+        terms=ChannelTerms(
+            token=market.token.address_bytes,
+            chain_id=hub.domain().chain_id,
+            contract=hub.address_bytes,
+        ),
+        verifier=lambda v: True,
+        cover_of=lambda b: 0,
+    )
+    _hold(market, ledger, 279)
+    _move_to_epoch_1(market)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_redeemer(
+                r, TrioChain(), interval_s=0.05, suspend=book.suspend, task_status=task_status
+            )
+        )
+        with trio.fail_after(10):
+            while book.suspended(market.buyer.address_bytes) is None:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    cause = book.suspended(market.buyer.address_bytes)
+    assert cause is not None and cause.startswith(LOSS_STALE_EPOCH)
+    assert book.suspended(market.provider.address_bytes) is None
+    assert len(ledger.vouchers()) == 1  # what we hold is kept

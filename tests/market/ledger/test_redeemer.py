@@ -71,6 +71,35 @@ def test_redeems_small_amounts_before_withdrawal_notice_ends(
     assert market.token.balance_of(market.buyer.address) == 1_000 * 10**6 - 50
 
 
+def test_redeems_before_a_notice_to_release_our_lock_ends(market: Market, tmp_path: Path) -> None:
+    """The lock is what covers the vouchers we accepted: a buyer's notice to release it
+    makes the channel due whatever the amount (and a notice about another provider's
+    lock does not)."""
+    ledger = Ledger(tmp_path / "l.db")
+    r = _redeemer(market, ledger, gas_multiple=10, notice_margin_s=3_600)
+    token = market.deployment.token
+    buyer_hub = market.hub(market.buyer)
+    other = market.new_account(market.admin)
+    buyer_hub.lock(market.provider.address, token, 500)
+    buyer_hub.lock(other.address, token, 500)
+    _hold(market, ledger, 50)  # far below the gas threshold
+    buyer_hub.request_unlock(other.address, token, 500)  # not ours: ignored
+    assert r.sync_withdrawal_notices() == 0
+    buyer_hub.request_unlock(market.provider.address, token, 500)
+    assert r.sync_withdrawal_notices() == 1
+    assert r.due(gas_price_wei=GWEI) == []  # most of the notice left: not yet
+    market.admin.advance_time(market.deployment.withdrawal_delay_s - 1_800)
+    (result,) = r.redeem_due(gas_price_wei=GWEI)
+    assert result.status == "confirmed"
+    market.admin.advance_time(3_600)
+    buyer_hub.execute_unlock(market.provider.address, token)  # what is left goes back
+    assert market.hub().redeemed(market.buyer.address, market.provider.address, token)[0] == 50
+    r.sync_withdrawal_notices()
+    assert (
+        ledger.withdrawal_unlock_at(market.buyer.address_bytes, market.token.address_bytes) is None
+    )
+
+
 def test_older_epoch_is_redeemed_before_newer(market: Market, tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db")
     r = _redeemer(market, ledger)
