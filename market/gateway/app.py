@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -18,6 +19,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from market.gateway.request import (
+    MAX_BODY_BYTES,
+    MAX_JSON_DEPTH,
+    BadRequest,
+    ClientGone,
+    json_depth,
+    parse_json,
+    parse_request,
+    read_body,
+)
 from market.sdk.types import (
     Chunk,
     GenerationParams,
@@ -28,9 +39,7 @@ from market.sdk.types import (
     Result,
 )
 
-__all__ = ["Backend", "JobStream", "create_app"]
-
-MAX_BODY_BYTES = 1 << 20
+__all__ = ["MAX_BODY_BYTES", "MAX_JSON_DEPTH", "Backend", "JobStream", "create_app", "json_depth"]
 
 
 class JobStream(Protocol):
@@ -61,106 +70,9 @@ class Backend(Protocol):
     ) -> JobStream: ...
 
 
-class BadRequest(Exception):
-    """A request the gateway refuses, with the OpenAI error fields it answers with."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.status = status
-
-
 def _error(status: int, message: str, kind: str, param: str | None, code: str | None) -> Response:
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
-
-
-async def _read_json(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise BadRequest(f"request body over {MAX_BODY_BYTES} bytes", status=413)
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    return data
-
-
-def _opt(data: Mapping[str, Any], key: str, kinds: tuple[type, ...], default: Any) -> Any:
-    value = data.get(key, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in kinds:
-        raise BadRequest(f"'{key}' has the wrong type (got a boolean)", key)
-    if not isinstance(value, kinds):
-        names = " or ".join(k.__name__ for k in kinds)
-        raise BadRequest(f"'{key}' must be {names}, got {type(value).__name__}", key)
-    return value
-
-
-def _params(data: Mapping[str, Any]) -> GenerationParams:
-    max_tokens = _opt(data, "max_completion_tokens", (int,), None)
-    if max_tokens is None:
-        max_tokens = _opt(data, "max_tokens", (int,), 128)
-    stop = data.get("stop")
-    if stop is None:
-        stops: tuple[str, ...] = ()
-    elif isinstance(stop, str):
-        stops = (stop,)
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        stops = tuple(stop)
-    else:
-        raise BadRequest("'stop' must be a string or a list of strings", "stop")
-    n = _opt(data, "n", (int,), 1)
-    if n != 1:
-        raise BadRequest("only n=1 is supported", "n")
-    top_logprobs = _opt(data, "top_logprobs", (int,), 0)
-    if isinstance(data.get("logprobs"), int) and not isinstance(data.get("logprobs"), bool):
-        top_logprobs = data["logprobs"]  # the legacy completions API gives a count here
-    try:
-        return GenerationParams(
-            max_tokens=max_tokens,
-            temperature=float(_opt(data, "temperature", (int, float), 0.0)),
-            top_p=float(_opt(data, "top_p", (int, float), 1.0)),
-            top_k=_opt(data, "top_k", (int,), 0),
-            stop=stops,
-            seed=_opt(data, "seed", (int,), None),
-            logprobs_top_k=top_logprobs,
-        )
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-
-
-def _messages(data: Mapping[str, Any]) -> list[dict[str, str]]:
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty list", "messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in {"system", "user", "assistant"}:
-            raise BadRequest(
-                f"messages[{i}] needs a role of system, user or assistant", f"messages[{i}]"
-            )
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: keep the text ones
-            parts = [p.get("text") for p in content if isinstance(p, dict)]
-            if not all(isinstance(p, str) for p in parts):
-                raise BadRequest(f"messages[{i}].content: only text parts are supported")
-            content = "".join(parts)  # type: ignore[arg-type]
-        if not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}]")
-        out.append({"role": m["role"], "content": content})
-    return out
-
-
-def _model(data: Mapping[str, Any]) -> str:
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required", "model")
-    return model
 
 
 def _usage(result: Result) -> dict[str, int]:
@@ -208,23 +120,12 @@ def create_app(backend: Backend) -> Starlette:
 
     async def run(request: Request, chat: bool) -> Response:
         try:
-            data = await _read_json(request)
-            model = _model(data)
-            params = _params(data)
-            if chat:
-                messages, prompt = _messages(data), None
-            else:
-                prompt = data.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                    prompt = prompt[0]
-                if not isinstance(prompt, str) or not prompt:
-                    raise BadRequest("'prompt' must be a non-empty string", "prompt")
-                messages = None
-            stream = _opt(data, "stream", (bool,), False)
-            want_logprobs = bool(data.get("logprobs"))
-            options = _opt(data, "stream_options", (dict,), {})
+            req = parse_request(parse_json(await read_body(request)), chat)
         except BadRequest as exc:
             return _error(exc.status, exc.message, "invalid_request_error", exc.param, None)
+        except ClientGone:
+            return Response(status_code=400)  # nobody is left to read it
+        model = req.model
         if not backend.knows_model(model):
             return _error(
                 404,
@@ -233,26 +134,28 @@ def create_app(backend: Backend) -> Starlette:
                 "model",
                 "model_not_found",
             )
-        job = backend.generate(model=model, messages=messages, prompt=prompt, params=params)
+        job = backend.generate(
+            model=model, messages=req.messages, prompt=req.prompt, params=req.params
+        )
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        if stream:
-            include_usage = bool(options.get("include_usage"))
+        if req.stream:
             return StreamingResponse(
-                _sse(job, ident, created, model, chat, want_logprobs, include_usage),
+                _sse(job, ident, created, model, chat, req.want_logprobs, req.include_usage),
                 media_type="text/event-stream",
             )
         chunks: list[Chunk] = []
         try:
-            async for chunk in job:
-                chunks.append(chunk)
+            async with _iterate(job) as job_chunks:
+                async for chunk in job_chunks:
+                    chunks.append(chunk)
         except HearthError as exc:
             return _market_error(exc)
         result = job.result
         choice: dict[str, Any] = {
             "index": 0,
             "finish_reason": result.finish_reason,
-            "logprobs": _logprobs(chunks, chat) if want_logprobs else None,
+            "logprobs": _logprobs(chunks, chat) if req.want_logprobs else None,
         }
         if chat:
             choice["message"] = {"role": "assistant", "content": result.text}
@@ -291,6 +194,23 @@ def create_app(backend: Backend) -> Starlette:
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: bad_method})
 
 
+@asynccontextmanager
+async def _iterate(job: JobStream) -> AsyncIterator[AsyncIterator[Chunk]]:
+    """Iterate ``job`` and close its iterator on the way out, however the way out is.
+
+    A client that hangs up mid-stream closes the response (an exception or a
+    cancellation at a ``yield``); closing the job's iterator at once tells the market
+    the job is over, so the provider stops and is paid for what it delivered.
+    """
+    chunks = aiter(job)
+    try:
+        yield chunks
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def _market_error(exc: HearthError) -> Response:
     if isinstance(exc, NoBidsError):
         return _error(503, str(exc), "service_unavailable", None, "no_bids")
@@ -323,14 +243,15 @@ async def _sse(
             {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         )
     try:
-        async for chunk in job:
-            lp = _logprobs([chunk], chat) if want_logprobs else None
-            if chat:
-                choice = {"index": 0, "delta": {"content": chunk.text}, "logprobs": lp}
-            else:
-                choice = {"index": 0, "text": chunk.text, "logprobs": lp}
-            choice["finish_reason"] = None
-            yield event(choice)
+        async with _iterate(job) as job_chunks:
+            async for chunk in job_chunks:
+                lp = _logprobs([chunk], chat) if want_logprobs else None
+                if chat:
+                    choice = {"index": 0, "delta": {"content": chunk.text}, "logprobs": lp}
+                else:
+                    choice = {"index": 0, "text": chunk.text, "logprobs": lp}
+                choice["finish_reason"] = None
+                yield event(choice)
     except HearthError as exc:
         err = {"error": {"message": str(exc), "type": "api_error", "param": None, "code": None}}
         yield f"data: {json.dumps(err)}\n\n".encode()
@@ -338,7 +259,10 @@ async def _sse(
         return
     result = job.result
     last: dict[str, Any] = {"index": 0, "finish_reason": result.finish_reason}
-    last.update({"delta": {}} if chat else {"text": ""})
+    if chat:
+        last["delta"] = {}
+    else:
+        last["text"] = ""
     yield event(last, hearth=_hearth_fields(result))
     if include_usage:
         yield event(None, usage=_usage(result))

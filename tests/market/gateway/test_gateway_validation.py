@@ -65,7 +65,7 @@ def client(backend: RefusingBackend) -> httpx.AsyncClient:
             "/v1/chat/completions",
             b'{"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}',
             400,
-            None,
+            "max_tokens",
         ),
         (
             "/v1/chat/completions",
