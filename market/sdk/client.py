@@ -251,16 +251,19 @@ class Client:
 
         async def start(out: trio.MemorySendChannel[Any]) -> None:
             async with out:
+                outcome: Result | HearthError
                 try:
-                    result = await self._run(model, messages, prompt, p, ceiling, out, handle)
+                    outcome = await self._run(model, messages, prompt, p, ceiling, out, handle)
                 except HearthError as exc:
-                    await out.send(exc)
+                    outcome = exc
                 except Exception as exc:  # one job's bug must not take the client (and
                     # every other job, e.g. behind the gateway) down with it
                     logger.exception("job %s failed inside the client", model)
-                    await out.send(JobFailedError(f"internal error: {type(exc).__name__}: {exc}"))
-                else:
-                    await out.send(result)
+                    outcome = JobFailedError(f"internal error: {type(exc).__name__}: {exc}")
+                # A consumer that went away (an HTTP client that hung up) closed its end:
+                # nobody is left to tell, and nothing may escape into the client's nursery.
+                with suppress(trio.BrokenResourceError):
+                    await out.send(outcome)
 
         handle = JobHandle(self, start)
         return handle
@@ -428,6 +431,7 @@ class _JobRun:
     async def drive(self, cancel: trio.Event) -> BuyerOutcome:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            self.cancel = cancel
             nursery.start_soon(self._cancel_on, cancel)
             await self._apply(self.job.handle(JobSubmitted(), trio.current_time()))
             while self.outcome is None:
@@ -470,7 +474,10 @@ class _JobRun:
                     logprobs=action.logprobs,
                     provider=action.provider,
                 )
-                await self.out.send(chunk)
+                try:
+                    await self.out.send(chunk)
+                except trio.BrokenResourceError:  # the consumer went away: this job ends
+                    self.cancel.set()  # (the provider stops; it is paid what it delivered)
             elif isinstance(action, ScorePeer):
                 self.client.reputation.adjust(action.peer, action.delta)
             elif isinstance(action, ReportOutcome):

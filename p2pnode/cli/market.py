@@ -404,21 +404,30 @@ def gateway(
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)."""
+    from functools import partial
+
     import trio
 
-    from market.gateway import serve_gateway
+    from market.gateway import GatewayBindError, listen, restore_recursion_limit, serve_gateway
     from market.sdk.connect import open_buyer_client
 
+    _check_config(config)
+    try:  # first: a port already taken is one line, before anything slow starts
+        sock = listen(host, port)
+    except GatewayBindError as exc:
+        _fail(str(exc))
     setup = _load("buyer", config)
+    restore_recursion_limit()  # web3's imports raised it; this process parses strangers' JSON
 
     async def run() -> None:
         async with open_buyer_client(setup) as client, trio.open_nursery() as nursery:
-            bound = await nursery.start(serve_gateway, client, host, port)
+            bound = await nursery.start(partial(serve_gateway, client, sock=sock))
             typer.echo(
                 f"gateway on http://{host}:{bound}/v1 (buyer {client.key.peer_id})", err=True
             )
 
-    trio.run(run)
+    with sock:
+        trio.run(run)
 
 
 def demo(

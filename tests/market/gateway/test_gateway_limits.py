@@ -8,6 +8,8 @@ market never sees the request.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -212,3 +214,24 @@ def test_the_gateway_checks_the_markets_own_limits() -> None:
         GenerationParams(max_tokens=r.MAX_TOKENS + 1)
     with pytest.raises(ValueError):
         GenerationParams(stop=("x",) * (r.MAX_STOPS + 1))
+
+
+def test_the_gateway_process_parses_with_pythons_recursion_limit() -> None:
+    """web3's imports raise the limit to 100,000, where deep JSON kills the process."""
+    script = """
+import json, sys
+from market.sdk.connect import load_buyer  # web3, eth-account: py_ecc raises the limit
+from market.gateway import restore_recursion_limit
+raised = sys.getrecursionlimit()
+restore_recursion_limit()
+import py_ecc.optimized_bn128, web3.middleware  # later imports do not raise it again
+try:
+    json.loads("[" * 100_000 + "]" * 100_000)
+except RecursionError:
+    print(raised, sys.getrecursionlimit(), "RecursionError")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr  # -11: the C decoder overflowed the stack
+    assert done.stdout.split() == ["100000", "1000", "RecursionError"]
