@@ -20,10 +20,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             str | None,
             typer.Option(help="GGUF file or Hugging Face directory; default SmolLM2-135M."),
         ] = None,
-        max_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
-        temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
-        top_p: Annotated[float, typer.Option()] = 1.0,
-        top_k: Annotated[int, typer.Option()] = 0,
+        # The ranges of GenerationRequest.validate, refused here before the model loads.
+        max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens to generate.")] = 128,
+        temperature: Annotated[float, typer.Option(min=0.0, max=100.0, help="0 = greedy.")] = 0.0,
+        top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+        top_k: Annotated[int, typer.Option(min=0, help="0 = off.")] = 0,
         seed: Annotated[int | None, typer.Option()] = None,
         raw: Annotated[
             bool, typer.Option("--raw", help="Send the prompt as is, without the chat template.")

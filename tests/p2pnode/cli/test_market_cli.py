@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,10 @@ def test_bad_amounts_are_refused_before_anything_loads(amount: str, tmp_path: Pa
     "args",
     [
         ("submit", "hi", "--max-tokens", "0"),
+        ("generate", "hi", "--max-tokens", "0"),
+        ("generate", "hi", "--max-tokens", "-5"),
+        ("generate", "hi", "--top-p", "1.5"),
+        ("generate", "hi", "--temperature", "-1"),
         ("submit", "hi", "--temperature", "-1"),
         ("gateway", "--port", "70000"),
         ("bench", "market", "--nodes", "0"),
@@ -73,3 +78,16 @@ def test_out_of_range_flags_are_refused(args: tuple[str, ...]) -> None:
     code, out = run(*args)
     assert code == 2
     assert "Invalid value" in out or "not in the range" in out
+
+
+def test_gateway_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "hearth.toml"
+    cfg.write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out = run("gateway", "--config", str(cfg), "--port", str(port))
+    assert code == 2
+    assert len(out.strip().splitlines()) == 1, out
+    assert f"127.0.0.1:{port}" in out and "in use" in out
