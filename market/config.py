@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MAX_PRICE_PER_1K",
     "ConfigError",
     "ConfigProblem",
     "HearthConfig",
@@ -172,6 +173,11 @@ class NetworkSection:
     )
 
 
+MAX_PRICE_PER_1K = 10**24
+"""Largest price floor accepted, here and on the dashboard (token base units per 1,000
+tokens; a million whole tokens of 18 decimals): anything above is a typo."""
+
+
 @dataclass(frozen=True, slots=True)
 class MarketSection:
     """How the node prices and streams work."""
@@ -183,7 +189,10 @@ class MarketSection:
         expect='"" or a 0x-prefixed 20-byte hex address',
     )
     price_per_1k: int = setting(
-        0, "Price floor, in token base units per 1,000 tokens; never bid below it.", lo=0
+        0,
+        "Price floor, in token base units per 1,000 tokens; never bid below it.",
+        lo=0,
+        hi=MAX_PRICE_PER_1K,
     )
     margin: float = setting(
         0.2, "Markup over the electricity cost when bidding (0.2 = +20 %).", lo=0.0, hi=100.0

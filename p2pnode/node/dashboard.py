@@ -42,14 +42,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from market.config import MAX_PRICE_PER_1K  # one limit for hearth.toml and the dashboard
 from p2pnode.node.metrics import node_registry, render_metrics
 
 __all__ = ["MAX_PRICE_PER_1K", "NodeControl", "create_dashboard_app", "serve_dashboard"]
 
 logger = logging.getLogger(__name__)
-
-MAX_PRICE_PER_1K = 10**24
-"""Largest accepted price floor (token base units per 1000 tokens): catches typos."""
 
 _MAX_BODY = 1024
 _ASSETS = {

@@ -144,3 +144,14 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     assert "valid TOML" in problems[0] and "line 1" in problems[0]
     with pytest.raises(ConfigError, match="an existing file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_the_price_floor_has_one_limit_shared_with_the_dashboard() -> None:
+    from market.config import MAX_PRICE_PER_1K
+    from p2pnode.node import dashboard
+
+    assert dashboard.MAX_PRICE_PER_1K is MAX_PRICE_PER_1K  # the same constant, not a copy
+    ok = parse_config(f"[market]\nprice_per_1k = {MAX_PRICE_PER_1K}\n")
+    assert ok.market.price_per_1k == MAX_PRICE_PER_1K
+    (problem,) = _problems(f"[market]\nprice_per_1k = {10**30}\n")
+    assert "market.price_per_1k" in problem and str(MAX_PRICE_PER_1K) in problem
