@@ -402,14 +402,31 @@ class NodeNet:
             logger.warning("could not save peer cache: %r", e)
 
 
-async def _close_network(host: Any) -> None:
-    """Close every connection and listener explicitly (py-libp2p may leave them open)."""
+async def _close_network(host: Any, conns: Sequence[Any] = ()) -> None:
+    """Close every connection and listener explicitly (py-libp2p may leave them open).
+
+    ``conns`` are the connections open when the node began to stop: py-libp2p's own
+    close runs inside a cancelled scope when ``host.run()`` exits, marks each connection
+    closed at its first line and is cancelled before it reaches the socket — the TCP
+    connection stayed established, and the peer kept the dead connection (and, for
+    gossip, the dead stream) of a node that had stopped: the same node coming back
+    under the same peer id then got no gossip from it at all.
+    """
     network = host.get_network()
     with trio.move_on_after(5):
         try:
             await network.close()
         except Exception:
             logger.debug("swarm close failed", exc_info=True)
+    left = [c for cs in list(getattr(network, "connections", {}).values()) for c in cs]
+    for conn in [*conns, *left]:
+        muxed = getattr(conn, "muxed_conn", None)
+        with trio.move_on_after(1):
+            try:
+                if muxed is not None:
+                    await muxed.close()  # GO_AWAY, then the secured (and TCP) connection
+            except Exception:
+                logger.debug("connection close failed", exc_info=True)
     for listener in list(getattr(network, "listeners", {}).values()):
         try:
             await listener.close()
@@ -470,6 +487,7 @@ async def open_node_host(
     # py-libp2p's service managers (DHT, relay) can swallow an exception raised in the
     # caller's block while they shut down; remember it and raise it after cleanup.
     body_error: BaseException | None = None
+    conns: list[Any] = []
     try:
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(host.run([multiaddr.Multiaddr(a) for a in cfg.listen]))
@@ -492,9 +510,10 @@ async def open_node_host(
                 raise
             finally:
                 net.save_peer_cache()
+                conns = [c for cs in list(host.get_network().connections.values()) for c in cs]
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            await _close_network(host)
+            await _close_network(host, conns)
     if body_error is not None:
         raise body_error

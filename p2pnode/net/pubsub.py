@@ -11,6 +11,10 @@ it and closes each hole:
   GossipSub scorer and, after :attr:`GossipConfig.blacklist_after` offences, blacklists it.
 * :meth:`HardenedPubsub.push_msg` (run as a background task per received message)
   catches everything too, so a forged message costs the sender score, not our process.
+* :meth:`HardenedPubsub._handle_new_peer` replaces a dead stream: a peer that comes
+  back under the same id before its old connection's death was processed found its
+  old (closed) stream still registered; py-libp2p then skipped it as "already has a
+  pubsub stream" and never sent it anything again.
 * :meth:`HardenedPubsub.notify_subscriptions` feeds per-topic channels of
   :attr:`GossipConfig.subscription_buffer` messages and counts every drop in
   :attr:`HardenedPubsub.stats` — never silent.
@@ -249,6 +253,24 @@ class HardenedPubsub(Pubsub):
                 logger.debug("dead-peer cleanup failed", exc_info=True)
             self.penalise(peer_id, f"malformed:{type(e).__name__}")
 
+    async def _handle_new_peer(self, peer_id: ID) -> None:
+        """Register ``peer_id``'s (new) connection; a stale stream is dropped first."""
+        stream = self.peers.get(peer_id)
+        if stream is not None and _stream_is_dead(stream):
+            logger.info("peer %s came back: replacing its dead pubsub stream", peer_id)
+            self.stats.offences["stale_stream_replaced"] += 1
+            # what _handle_dead_peer does, minus forgetting the subscriptions that the
+            # new connection may already have announced
+            del self.peers[peer_id]
+            queue = self.peer_queues.pop(peer_id, None)
+            if queue is not None:
+                queue.close()
+            try:
+                self.router.remove_peer(peer_id)
+            except Exception:
+                logger.debug("router remove_peer failed", exc_info=True)
+        await super()._handle_new_peer(peer_id)
+
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         """Validate and forward one message; a forged one is penalised, not fatal."""
         try:
@@ -290,6 +312,16 @@ class HardenedPubsub(Pubsub):
                     self.stats.dropped_full += 1
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     senders.remove(send)
+
+
+def _stream_is_dead(stream: Any) -> bool:
+    """True when ``stream`` (or the connection under it) is closed."""
+    try:
+        if stream.is_closed:
+            return True
+        return bool(stream.muxed_conn.is_closed)
+    except Exception:
+        return False
 
 
 async def _reset_quietly(stream: Any) -> None:

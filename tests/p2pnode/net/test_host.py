@@ -136,6 +136,28 @@ async def test_clean_stop_leaves_no_listener() -> None:
     assert not _port_accepts(port)
 
 
+async def test_stopped_node_closes_its_connections_and_rejoins_gossip_under_its_id() -> None:
+    """A node that stops closes its TCP connections (py-libp2p's own close is cancelled
+    before it reaches the socket): its peers see it gone at once, and the same identity
+    coming back gets gossip again. Before, the peer kept the dead connection and the
+    dead gossip stream, and never sent the returning node a thing."""
+    key = create_new_key_pair()
+    async with open_node_host(create_new_key_pair(), _cfg()) as seed:
+        await seed.subscribe("/t/offers")
+        for round_ in range(2):
+            async with open_node_host(key, _cfg(bootstrap=(seed.addrs[0],))) as b:
+                rx = await b.subscribe("/t/offers")
+                with trio.fail_after(10):
+                    while b.topic_peers("/t/offers") < 1 or seed.mesh_size("/t/offers") < 1:
+                        await trio.sleep(0.05)
+                await seed.publish("/t/offers", b"offer %d" % round_)
+                with trio.fail_after(10):
+                    assert (await rx.receive()).data == b"offer %d" % round_
+            with trio.fail_after(5):
+                while b.peer_id in seed.connected_peers():
+                    await trio.sleep(0.05)
+
+
 async def test_peer_cache_rejoins_when_every_bootstrap_is_down(tmp_path: Path) -> None:
     cache_file = tmp_path / "peers.json"
     key_b = create_new_key_pair()
