@@ -1,8 +1,12 @@
 """The ASGI app of ``hearth gateway``: ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``.
 
-Requests are validated at the boundary and refused with OpenAI-style error bodies
+Requests are validated at the boundary (:mod:`market.gateway.request`: the body bounded
+while it is read, its JSON's depth measured before it is parsed, every field checked
+against the market's limits) and refused with OpenAI-style error bodies
 (``{"error": {"message", "type", "param", "code"}}``); a refused request changes nothing.
-Streaming answers are server-sent events ending with ``data: [DONE]``, like OpenAI's.
+Streaming answers are server-sent events ending with ``data: [DONE]``, like OpenAI's; a
+client that hangs up mid-stream ends its own job (the market is told at once) and
+nothing else.
 """
 
 from __future__ import annotations
