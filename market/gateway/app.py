@@ -34,6 +34,7 @@ from market.gateway.request import (
     read_body,
 )
 from market.sdk.types import (
+    BadRequestError,
     Chunk,
     GenerationParams,
     HearthError,
@@ -218,6 +219,8 @@ async def _iterate(job: JobStream) -> AsyncIterator[AsyncIterator[Chunk]]:
 def _market_error(exc: HearthError) -> Response:
     if isinstance(exc, NoBidsError):
         return _error(503, str(exc), "service_unavailable", None, "no_bids")
+    if isinstance(exc, BadRequestError):
+        return _error(400, str(exc), "invalid_request_error", None, "bad_request")
     if isinstance(exc, InsufficientFundsError):
         return _error(402, str(exc), "insufficient_quota", None, "insufficient_funds")
     if isinstance(exc, JobFailedError):

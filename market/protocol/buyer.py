@@ -154,6 +154,7 @@ class BuyerJob:
         "_job_deadline",
         "_pool",
         "_prompt_tokens",
+        "_refused",
         "_reserved",
         "_round",
         "_segments",
@@ -210,6 +211,7 @@ class BuyerJob:
         self._asked: int | None = None  # providers asked directly this round (None: gossip)
         self._answered: set[str] = set()  # who answered this round
         self._failovers = 0
+        self._refused: dict[str, str] = {}  # providers that called our request bad, and why
         self._awarded_at: float | None = None
 
     # ------------------------------------------------------------- interface
@@ -388,7 +390,14 @@ class BuyerJob:
             return self._stray(ev, now)
         if isinstance(ev, ErrorReceived):
             code = ev.error.code
-            soft = code in (ErrorCode.OVERLOADED, ErrorCode.POWER_SHED, ErrorCode.PAYMENT_BEHIND)
+            if code is ErrorCode.BAD_REQUEST:  # about our request: another may take it
+                self._refused[ev.sender] = ev.error.message
+            soft = code in (
+                ErrorCode.OVERLOADED,
+                ErrorCode.POWER_SHED,
+                ErrorCode.PAYMENT_BEHIND,
+                ErrorCode.BAD_REQUEST,
+            )
             return self._abandon(
                 f"provider error {code.value}: {ev.error.message}", -0.02 if soft else -0.1, now
             )
@@ -495,6 +504,13 @@ class BuyerJob:
                 return self._fail(
                     BuyerFailure.NO_BIDS,
                     f"no bid in {self._round} round(s); {n} provider(s) declined",
+                    now,
+                )
+            if self._refused and self._abandoned <= self._refused.keys():
+                why = sorted(set(self._refused.values()))
+                return self._fail(
+                    BuyerFailure.BAD_REQUEST,
+                    f"every provider awarded the job refused it: {'; '.join(why)}"[:500],
                     now,
                 )
             return self._fail(

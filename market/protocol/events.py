@@ -315,9 +315,11 @@ class GenerationFinished(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerationFailed(Event):
-    """The engine crashed or gave up on this job."""
+    """The engine crashed or gave up on this job (``bad_request``: it refused the
+    request itself, e.g. a prompt longer than its context: the buyer's fault)."""
 
     message: str = ""
+    bad_request: bool = False
 
 
 # ------------------------------------------------------------------ both sides

@@ -18,6 +18,7 @@ class BuyerFailure(enum.StrEnum):
     INSUFFICIENT_DEPOSIT = "insufficient_deposit"
     CANCELLED = "cancelled"  # our own user cancelled
     DEADLINE = "deadline"  # the job's overall deadline passed
+    BAD_REQUEST = "bad_request"  # every provider awarded it refused the request itself
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

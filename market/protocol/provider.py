@@ -343,7 +343,8 @@ class ProviderJob:
     def _on_gen_failed(self, ev: GenerationFailed, now: float) -> list[Action]:
         rfq = self.rfq
         assert rfq is not None
-        err = Error(job_id=rfq.job_id, code=ErrorCode.INTERNAL, message=ev.message[:500])
+        code = ErrorCode.BAD_REQUEST if ev.bad_request else ErrorCode.INTERNAL
+        err = Error(job_id=rfq.job_id, code=code, message=ev.message[:500])
         return [SendError(to=rfq.buyer, message=err), *self._done(False, "engine_failed")]
 
     def _on_voucher(self, ev: VoucherReceived, now: float) -> list[Action]:

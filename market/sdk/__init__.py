@@ -23,6 +23,7 @@ same in a blocking facade.
 from market.sdk.client import Client, ClientConfig, JobHandle, open_client
 from market.sdk.connect import BuyerSetup, load_buyer, open_buyer_client
 from market.sdk.types import (
+    BadRequestError,
     Chunk,
     GenerationParams,
     HearthError,
@@ -34,6 +35,7 @@ from market.sdk.types import (
 )
 
 __all__ = [
+    "BadRequestError",
     "BuyerSetup",
     "Chunk",
     "Client",

@@ -83,6 +83,7 @@ from market.sdk.collateral import Collateral
 from market.sdk.reputation import Reputation
 from market.sdk.stake import StakeCheck
 from market.sdk.types import (
+    BadRequestError,
     Chunk,
     GenerationParams,
     HearthError,
@@ -665,6 +666,8 @@ def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobR
         )
     if outcome.reason == BuyerFailure.INSUFFICIENT_DEPOSIT:
         raise InsufficientFundsError(outcome.detail)
+    if outcome.reason == BuyerFailure.BAD_REQUEST:
+        raise BadRequestError(outcome.detail)
     if outcome.reason == BuyerFailure.CANCELLED:
         return result
     raise JobFailedError(outcome.why(), partial=result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BadRequestError",
     "Chunk",
     "GenerationParams",
     "HearthError",
@@ -120,6 +121,11 @@ class JobFailedError(HearthError):
         self.reason = reason
         self.partial = partial
         super().__init__(f"job failed: {reason}")
+
+
+class BadRequestError(HearthError):
+    """The providers refused the request itself (for example a prompt longer than their
+    context): retrying it unchanged will not help."""
 
 
 class InsufficientFundsError(HearthError):

@@ -95,6 +95,7 @@ class _Node:
         self.service: ProviderService | None = None
         self.net: NodeNet | None = None
         self.power: PowerService | None = None
+        self.max_context = 0  # the engine's real context, once it is started
         self.state = "starting"
         self.offers_changed = trio.Event()
         self.telemetry = Telemetry(
@@ -216,6 +217,7 @@ async def run_node(
     drain = trio.Event()
     async with engine, open_node_host(ident.libp2p_keypair(), s.net) as net:
         node.net = net
+        node.max_context = engine.max_len  # offers state what the engine really takes
         service = ProviderService(
             net=net,
             key=ident.signing_key(),
@@ -306,7 +308,7 @@ def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Of
                 model_id=model_hex,
                 name=model.name,
                 price_per_1k=node.s.policy.price_per_1k(st),
-                max_context=model.config.max_position_embeddings,
+                max_context=node.max_context or model.config.max_position_embeddings,
             ),
         ),
         ttl_s=node.s.offer_ttl_s,

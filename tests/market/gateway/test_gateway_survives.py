@@ -264,6 +264,18 @@ def test_a_prompt_over_the_market_message_limit_is_a_400(gateway: Gateway) -> No
     gateway.assert_serves()
 
 
+def test_a_prompt_longer_than_the_engines_context_is_a_400(gateway: Gateway) -> None:
+    """Under the wire limit but over what the provider's engine takes: the node refuses
+    it as a bad request, and the buyer reports that (it was a 502
+    `providers_exhausted` before)."""
+    body = {"model": MODEL, "prompt": "the cat sat " * 4_000, "max_tokens": 2}
+    response = gateway.post("/v1/completions", body)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "context is" in message and "refused" in message, message
+    gateway.assert_serves()
+
+
 def test_an_openai_client_closing_a_stream_after_three_deltas(
     gateway: Gateway, market: LocalMarket
 ) -> None:

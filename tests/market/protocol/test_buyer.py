@@ -480,3 +480,30 @@ def test_collateral_short_fails_the_job_as_ours_and_scores_nobody() -> None:
     assert m.outcome is not None and m.outcome.reason == "insufficient_deposit"
     assert "free deposit is 3" in m.outcome.detail
     assert m.wallet.available == 10**9  # the reservation went back
+
+
+def test_a_request_every_provider_refuses_as_bad_fails_as_bad_request() -> None:
+    m = awarding()  # PA awarded, PB in the pool
+    bad = Error(job_id=JOB, code=ErrorCode.BAD_REQUEST, message="prompt is 9000 tokens")
+    m.handle(E.ErrorReceived(sender="PA", error=bad), 0.1)  # fails over to PB
+    assert m.state is S.AWARDING and m.active is not None and m.active.bid.provider == "PB"
+    m.handle(E.ErrorReceived(sender="PB", error=bad), 0.2)
+    for t in range(3, 40):  # later rounds: no bids, the machine gives up
+        if m.state in (S.DONE, S.FAILED):
+            break
+        m.handle(E.DeadlinePassed(), t * 1.0)
+    assert m.outcome is not None and m.outcome.reason == "bad_request"
+    assert "prompt is 9000 tokens" in m.outcome.detail
+
+
+def test_one_provider_calling_a_request_bad_does_not_make_it_bad() -> None:
+    m = awarding()
+    bad = Error(job_id=JOB, code=ErrorCode.BAD_REQUEST, message="too long for me")
+    m.handle(E.ErrorReceived(sender="PA", error=bad), 0.1)
+    crash = Error(job_id=JOB, code=ErrorCode.INTERNAL, message="oom")
+    m.handle(E.ErrorReceived(sender="PB", error=crash), 0.2)
+    for t in range(3, 40):
+        if m.state in (S.DONE, S.FAILED):
+            break
+        m.handle(E.DeadlinePassed(), t * 1.0)
+    assert m.outcome is not None and m.outcome.reason == "providers_exhausted"

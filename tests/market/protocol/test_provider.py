@@ -389,3 +389,14 @@ def test_a_suspended_buyer_is_declined_with_the_cause() -> None:
     other = dataclasses.replace(RFQ, buyer_address=b"\xcc" * 20)
     fresh = new()
     assert kinds(fresh.handle(E.RfqReceived(rfq=other, status=STATUS), 0.0)) == ["SendBid"]
+
+
+def test_an_engine_refusing_the_request_says_bad_request() -> None:
+    m = streaming()
+    out = m.handle(E.GenerationFailed(message="prompt is 9000 tokens", bad_request=True), 0.3)
+    err = next(a for a in out if isinstance(a, A.SendError))
+    assert err.message.code.value == "bad_request"
+    m = streaming()
+    out = m.handle(E.GenerationFailed(message="CUDA error"), 0.3)
+    err = next(a for a in out if isinstance(a, A.SendError))
+    assert err.message.code.value == "internal"
