@@ -15,13 +15,30 @@ still redeem).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import trio
 
 from market.chain.aio import TrioChain
 from market.chain.contracts import PaymentHub
 from market.sdk.types import InsufficientFundsError
 
-__all__ = ["Collateral"]
+__all__ = ["Collateral", "channel_providers"]
+
+
+def channel_providers(data_dir: Path) -> list[bytes]:
+    """The providers a buyer signed vouchers to (from its ledger in ``data_dir``): the
+    channels it may have locked money for."""
+    from market.ledger import Ledger
+
+    path = data_dir / "buyer-ledger.sqlite"
+    if not path.is_file():
+        return []
+    ledger = Ledger(path)
+    try:
+        return sorted({sv.voucher.provider for sv in ledger.vouchers()})
+    finally:
+        ledger.close()
 
 
 class Collateral:

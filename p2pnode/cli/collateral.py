@@ -32,16 +32,9 @@ def _providers(setup: Any, only: str | None) -> list[bytes]:
         if len(raw) != 20:
             _fail(f"--provider must be a 0x-prefixed 20-byte address, got {only!r}")
         return [raw]
-    from market.ledger import Ledger
+    from market.sdk.collateral import channel_providers
 
-    path = setup.data_dir / "buyer-ledger.sqlite"
-    if not path.is_file():
-        return []
-    ledger = Ledger(path)
-    try:
-        return sorted({sv.voucher.provider for sv in ledger.vouchers()})
-    finally:
-        ledger.close()
+    return channel_providers(setup.data_dir)
 
 
 def unlock(

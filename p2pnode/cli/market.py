@@ -371,7 +371,10 @@ def balance(
     config: ConfigOpt = Path("hearth.toml"),
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Show the wallet's token balance and its PaymentHub deposit."""
+    """Show the wallet's token balance, its free PaymentHub deposit and what is locked for
+    providers (`hearth unlock` releases it)."""
+    from market.sdk.collateral import channel_providers
+
     setup = _load("buyer", config)
     dep = setup.deployment
     try:
@@ -379,6 +382,10 @@ def balance(
         wallet = dep.erc20(client).balance_of(client.address)
         hub = dep.hub(client).balance_of(client.address, dep.token)
         pending, unlock = dep.hub(client).pending_withdrawal(client.address, dep.token)
+        locked = sum(
+            dep.hub(client).collateral(client.address, p, dep.token).locked
+            for p in channel_providers(setup.data_dir)
+        )
     except Exception as exc:
         _fail(f"{type(exc).__name__}: {exc}")
     doc = {
@@ -386,6 +393,7 @@ def balance(
         "token": dep.token_symbol,
         "wallet": str(Decimal(wallet).scaleb(-dep.token_decimals)),
         "deposit": str(Decimal(hub).scaleb(-dep.token_decimals)),
+        "locked_for_providers": str(Decimal(locked).scaleb(-dep.token_decimals)),
         "pending_withdrawal": str(Decimal(pending).scaleb(-dep.token_decimals)),
         "withdrawal_unlocks_at": unlock,
     }

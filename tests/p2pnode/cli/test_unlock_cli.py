@@ -39,6 +39,8 @@ def test_notice_then_execute_gives_the_lock_back(buyer: tuple[LocalMarket, Path]
     ident = m.ids["buyer"]
     hub = m.deployment.hub(m.admin.with_key(ident.eth_private_key))
     hub.lock(PROVIDER, m.deployment.token, 20 * 10**6)  # what the SDK does before an award
+    code, out = run(m, "balance", "--config", c, "--json")
+    assert code == 0 and json.loads(out)["deposit"] == "30.000000"
     code, out = run(m, "unlock", "--provider", PROVIDER, "--config", c, "--json")
     assert code == 0, out
     row = json.loads(out)["providers"][0]
