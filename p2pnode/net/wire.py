@@ -7,6 +7,13 @@ message (no re-publishing someone else's offer under your name), and that the me
 has the type — and, for RFQs, the model — of the topic. Anything else raises
 :class:`~market.protocol.errors.RemoteProtocolError`, so the message is rejected and the
 forwarder scored down.
+
+:func:`valid_rfq` is the one rule for an RFQ a provider answers, on gossip
+(:func:`rfq_check`) and on a direct stream alike: it is an :class:`Rfq` for exactly the
+provider's model, and its buyer is the peer that signed it — who, on gossip, is also the
+publisher, and on a stream the peer at the other end. An RFQ republished by anyone else,
+or put on another model's topic, is never answered: answering would make the provider
+read the chain and dial the buyer for a stranger (issue 13, item 7).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from market.protocol.envelope import Sealed, unseal
 from market.protocol.errors import RemoteProtocolError
 from market.protocol.messages import Message, Offer, Rfq
 
-__all__ = ["gossip_check", "offer_check", "open_gossip", "rfq_check"]
+__all__ = ["gossip_check", "offer_check", "open_gossip", "rfq_check", "valid_rfq"]
 
 
 def open_gossip(data: bytes, origin: str) -> Sealed:
@@ -54,14 +61,30 @@ def offer_check() -> Callable[[bytes, str], Sealed]:
     )
 
 
+def valid_rfq(message: object, sender: str, model_id: str) -> Rfq:
+    """``message`` as an Rfq for ``model_id`` whose buyer ``sender`` signed it.
+
+    Raises :class:`RemoteProtocolError` for anything else (another message type, another
+    model, a buyer who is not the signer).
+    """
+    if not isinstance(message, Rfq):
+        raise RemoteProtocolError(f"expected an Rfq, got {type(message).__name__}")
+    if _model_hex(message.model_id) != model_id:
+        raise RemoteProtocolError(f"an Rfq for model {message.model_id}, not {model_id}")
+    if message.buyer != sender:
+        raise RemoteProtocolError(f"an Rfq of buyer {message.buyer} signed by {sender}")
+    return message
+
+
 def rfq_check(model_id: str) -> Callable[[bytes, str], Sealed]:
-    """Check for one model's RFQ topic: a sealed Rfq for exactly that model."""
+    """Check for one model's RFQ topic: :func:`valid_rfq`, published by its signer."""
 
-    def same_model(s: Sealed) -> bool:
-        m = s.message
-        return isinstance(m, Rfq) and _model_hex(m.model_id) == model_id and m.buyer == s.sender
+    def check(data: bytes, origin: str) -> Sealed:
+        sealed = open_gossip(data, origin)
+        valid_rfq(sealed.message, sealed.sender, model_id)
+        return sealed
 
-    return gossip_check(Rfq, same_model)
+    return check
 
 
 def _model_hex(model_id: object) -> str:

@@ -75,8 +75,10 @@ from market.vouchers import record
 from p2pnode.net import NetError, NodeNet
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import GossipMessage, rfq_topic
+from p2pnode.net.ratelimit import PeerRateLimiter, RateLimit
+from p2pnode.net.wire import rfq_check, valid_rfq
 from p2pnode.node.cover import CoverCache
-from p2pnode.serving import GenerationRequest, ServingBackend
+from p2pnode.serving import BadRequestError, GenerationRequest, ServingBackend
 
 __all__ = ["ProviderService", "ProviderStats"]
 
@@ -126,6 +128,8 @@ class ProviderService:
         status: Callable[[], ProviderStatus],
         config: ProviderConfig | None = None,
         covers: CoverCache | None = None,
+        rfq_limit: RateLimit | None = None,
+        max_open_bids: int = 4096,
     ) -> None:
         self.net = net
         self.key = key
@@ -142,6 +146,10 @@ class ProviderService:
         self.active_jobs = 0
         self.accepting = True
         self._bids: dict[bytes, ProviderJob] = {}
+        # RFQs cost us a chain read and (on gossip) a connection back: each buyer peer
+        # gets a token bucket, checked before either (drops in rfq_limiter.stats)
+        self.rfq_limiter = PeerRateLimiter(rfq_limit)
+        self.max_open_bids = max_open_bids
         self._guard = ReplayGuard()
         self._sessions: dict[bytes, _JobSession] = {}
 
@@ -214,7 +222,7 @@ class ProviderService:
         """Subscribe to the model's RFQ topic and serve until cancelled."""
         self.net.set_handler(JOB_PROTOCOL, self._on_job_stream)
         self.net.set_handler(RFQ_PROTOCOL, self._on_rfq_stream)
-        rfqs = await self.net.subscribe(rfq_topic(self.model_id), check=_rfq_check)
+        rfqs = await self.net.subscribe(rfq_topic(self.model_id), check=rfq_check(self.model_id))
         await self.net.provide(self.model_id)
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -223,13 +231,30 @@ class ProviderService:
                 nursery.start_soon(self._on_rfq, msg)
 
     # ------------------------------------------------------------------ RFQs
+    def _admit(self, peer: str) -> bool:
+        """True when ``peer``'s RFQ may cost us work: within its rate, and bids not full."""
+        if not self.rfq_limiter.allow(peer, trio.current_time()):
+            return False
+        if len(self._bids) >= self.max_open_bids:
+            self.rfq_limiter.stats["dropped_open_bids"] += 1
+            return False
+        return True
+
     async def _on_rfq(self, msg: GossipMessage) -> None:
-        """An RFQ over gossip: answer on a new bid stream to the buyer."""
+        """An RFQ over gossip: answer on a new bid stream to the buyer.
+
+        The topic check (:func:`~p2pnode.net.wire.rfq_check`) let through only RFQs for
+        our model published by their own buyer; the buyer's rate is checked first.
+        """
+        if not self._admit(msg.origin):
+            return
         try:
-            rfq, _ = open_sealed(msg.data, self._guard)
+            message, sender = open_sealed(msg.data, self._guard)
+            rfq = valid_rfq(message, sender, self.model_id)
         except RemoteProtocolError:
             return  # a replay of a message already handled, or expired in flight
-        assert isinstance(rfq, Rfq)
+        if sender != msg.origin:
+            return
         await self._answer(await self._quote(rfq))
 
     async def _on_rfq_stream(self, fs: FramedStream) -> None:
@@ -238,9 +263,10 @@ class ProviderService:
         A buyer that picks someone else ends the stream; the bid stays open (a failover
         may still award it on a job stream) until it expires.
         """
-        rfq = await receive_message(fs, self._guard, timeout=10)
-        if not isinstance(rfq, Rfq) or rfq.buyer != fs.peer_id:
-            raise RemoteProtocolError(f"{RFQ_PROTOCOL} opens with the sender's own Rfq")
+        if not self._admit(fs.peer_id):
+            return  # over its rate: the stream ends with nothing said, nothing read
+        message = await receive_message(fs, self._guard, timeout=10)
+        rfq = valid_rfq(message, fs.peer_id, self.model_id)  # raises: an error frame
         answer = await self._quote(rfq)
         await send_message(fs, answer.message, self.key)
         if isinstance(answer, SendBid):
@@ -474,12 +500,8 @@ class _JobSession:
                         self.events_in.send_nowait(
                             GenerationFailed(message=chunk.error or chunk.finish_reason)
                         )
-            except Exception as exc:  # the engine refused or crashed: tell the buyer
+            except BadRequestError as exc:  # the request itself (e.g. longer than our context)
+                self.events_in.send_nowait(GenerationFailed(message=str(exc), bad_request=True))
+            except Exception as exc:  # the engine crashed: tell the buyer
                 logger.warning("generation failed: %r", exc)
                 self.events_in.send_nowait(GenerationFailed(message=f"{type(exc).__name__}: {exc}"))
-
-
-def _rfq_check(data: bytes, origin: str) -> None:
-    rfq, sender = open_sealed(data)
-    if not isinstance(rfq, Rfq) or rfq.buyer != sender:
-        raise RemoteProtocolError("the RFQ topic carries only RFQs signed by their buyer")
