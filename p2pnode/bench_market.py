@@ -11,7 +11,8 @@ then:
   provider's Accept) and to the first token.
 
 The market's overhead is its time to first token minus the local one (p50 and p95
-of each, measured in the same run on the same machine). With ``concurrency`` > 1
+of each, measured in the same run on the same machine; percentiles are
+:func:`market.stats.percentile`, interpolated as numpy's default). With ``concurrency`` > 1
 the nodes' engines share the machine's cores, so the overhead then also holds the
 slowdown of every engine under load, not only the market's own work.
 """
@@ -28,6 +29,7 @@ from typing import Any
 
 import trio
 
+from market.stats import percentile as _pct
 from p2pnode.localnet import LocalMarket
 
 __all__ = ["run_bench_market"]
@@ -39,13 +41,6 @@ PROMPTS = (
     "Give one word for happy.",
     "What is the capital of Italy?",
 )
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def _local_ttft(samples: int, max_tokens: int) -> list[float]:

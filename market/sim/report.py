@@ -7,6 +7,7 @@ from typing import Any
 
 from market.sim.invariants import Violation
 from market.sim.world import SimConfig
+from market.stats import percentile
 
 __all__ = ["SimReport"]
 
@@ -36,10 +37,8 @@ class SimReport:
 
     @staticmethod
     def _pct(xs: list[float], q: float) -> float:
-        if not xs:
-            return 0.0
-        s = sorted(xs)
-        return s[min(len(s) - 1, int(q * len(s)))]
+        """:func:`market.stats.percentile`, 0.0 for a run that awarded nothing."""
+        return percentile(xs, q) if xs else 0.0
 
     @property
     def jobs(self) -> int:
