@@ -15,7 +15,8 @@ and the host's load — and returns a plain, JSON-ready ``dict``:
     uptime_s, peer_id, address
     tokens          {total, per_s}                (per_s over the last ~60 s of reads)
     jobs            {active, by_outcome: {status: n}, recent: [{job_id, status, tokens, amount, …}]}
-    bids            {rfqs_seen, bids, won, lost, open, declined: {reason: n}}
+    bids            {rfqs_seen, bids, won, lost, open, declined: {reason: n},
+                     rfqs_dropped: {why: n}}  (RFQs refused before any work: rate limits)
     earnings        {credited, on_chain_net, series: [[t, cumulative]], by_day: [...]}
     vouchers        {held, pending_amount}         (pending: neither redeemed nor lost)
     redemptions     {status: {count, amount}}
@@ -400,7 +401,10 @@ class Telemetry:
 
 def _bids(service: _Service | None) -> dict[str, Any]:
     if service is None:
-        return {"rfqs_seen": 0, "bids": 0, "won": 0, "lost": 0, "open": 0, "declined": {}}
+        return {
+            "rfqs_seen": 0, "bids": 0, "won": 0, "lost": 0, "open": 0, "declined": {},
+            "rfqs_dropped": {},
+        }  # fmt: skip
     st = service.stats
     # Bids still awaiting an award or expiry are neither won nor lost yet.
     open_bids = len(getattr(service, "_bids", ()))
@@ -414,6 +418,18 @@ def _bids(service: _Service | None) -> dict[str, Any]:
         "lost": max(0, st.bids - st.awards - open_bids),
         "open": open_bids,
         "declined": {str(k): int(v) for k, v in dict(declined).items()},
+        "rfqs_dropped": _dropped(service),
+    }
+
+
+def _dropped(service: _Service) -> dict[str, int]:
+    """RFQs the service refused before any work, by why (its rate limiter's counters)."""
+    limiter = getattr(service, "rfq_limiter", None)
+    stats = getattr(limiter, "stats", {})
+    return {
+        k.removeprefix("dropped_"): int(v)
+        for k, v in sorted(stats.items())
+        if k.startswith("dropped_")
     }
 
 

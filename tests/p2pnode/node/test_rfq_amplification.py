@@ -213,3 +213,8 @@ async def test_forged_misrouted_and_flooded_rfqs_cost_the_provider_nothing(
     # one cover reading per admitted payment address, the buyer's included: no more
     assert len(covers) <= admitted + 1
     assert service.stats.bids == admitted + 2
+    # the homeowner sees the drops in the node's status and dashboard
+    from p2pnode.node.telemetry import _bids
+
+    dropped = _bids(service)["rfqs_dropped"]
+    assert dropped["peer"] == limiter.stats["dropped_peer"] and sum(dropped.values()) > 0
