@@ -3,7 +3,8 @@
 :class:`ChainClient` wraps one ``Web3`` connection and (optionally) one private key.
 Transactions are built, gas-estimated and signed here and sent raw, so keys never reach
 the node. It keeps its own nonce counter (one client per key and process), retries
-transport failures with exponential back-off, waits for receipts with a small
+transport failures with exponential back-off (``tenacity``; :data:`TRANSIENT` says
+which failures those are), waits for receipts with a small
 ``poll_latency`` (web3's default 0.1 s halves throughput on a dev chain) and turns every
 revert into :class:`~market.chain.errors.ContractReverted`, whichever backend said it.
 
@@ -18,8 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import requests.exceptions
+import tenacity
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -37,23 +40,35 @@ from market.chain.errors import (
     revert_from_exception,
 )
 
-__all__ = ["ChainClient", "NonceManager", "Receipt", "SignedTx"]
+__all__ = ["NOT_TRANSIENT", "TRANSIENT", "ChainClient", "NonceManager", "Receipt", "SignedTx"]
 
 T = TypeVar("T")
 
-_TRANSIENT_NAMES = {
-    "ConnectionError",
-    "Timeout",
-    "ReadTimeout",
-    "ConnectTimeout",
-    "ChunkedEncodingError",
-}
+TRANSIENT: tuple[type[BaseException], ...] = (
+    ConnectionError,  # the OS's: refused, reset, aborted (and their subclasses)
+    TimeoutError,
+    requests.exceptions.ConnectionError,  # web3's HTTP provider: no connection (ConnectTimeout)
+    requests.exceptions.Timeout,  # ReadTimeout, ConnectTimeout
+    requests.exceptions.ChunkedEncodingError,  # the connection died mid-answer
+)
+"""Failures worth another try: the node was unreachable or slow, not wrong."""
+
+NOT_TRANSIENT: tuple[type[BaseException], ...] = (
+    requests.exceptions.SSLError,  # a certificate or TLS setting: the same next time
+    requests.exceptions.ProxyError,  # a proxy setting: the same next time
+)
+"""Subclasses of :data:`TRANSIENT` that are not: retrying them only delays the error."""
+
+_retry_if_transient = tenacity.retry_if_exception_type(
+    TRANSIENT
+) & tenacity.retry_if_not_exception_type(NOT_TRANSIENT)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    return type(exc).__name__ in _TRANSIENT_NAMES
+def _unreachable(state: tenacity.RetryCallState) -> NoReturn:
+    """Called by tenacity once the last try failed transiently."""
+    assert state.outcome is not None
+    exc = state.outcome.exception()
+    raise ChainUnavailable(f"node unreachable after {state.attempt_number} tries: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,21 +185,21 @@ class ChainClient:
 
     # ------------------------------------------------------------ plumbing
 
+    def _retrying(self) -> tenacity.Retrying:
+        """How one call is retried: ``retries`` more tries after the first, on a
+        :data:`TRANSIENT` failure only, waiting ``backoff_s``, then twice as long each time
+        (0.2, 0.4, 0.8, 1.6 s by default); after the last, :class:`ChainUnavailable`.
+        Any other exception (a revert, a bad argument) propagates at once."""
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=tenacity.wait_exponential(multiplier=self.backoff_s, exp_base=2, min=0),
+            retry=_retry_if_transient,
+            retry_error_callback=_unreachable,
+            sleep=time.sleep,
+        )
+
     def _retry(self, fn: Callable[[], T]) -> T:
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                return fn()
-            except Exception as exc:
-                if not _is_transient(exc):
-                    raise
-                if attempt == self.retries:
-                    raise ChainUnavailable(
-                        f"node unreachable after {attempt + 1} tries: {exc}"
-                    ) from exc
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        return self._retrying()(fn)
 
     def _reverts(self, fn: Callable[[], T]) -> T:
         try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
+import requests.exceptions
 from web3 import Web3
 
-from market.chain.client import ChainClient, NonceManager
+from market.chain.client import NOT_TRANSIENT, TRANSIENT, ChainClient, NonceManager
 from market.chain.errors import ChainUnavailable, ContractReverted
 from tests.market.chain.conftest import Market
 
@@ -21,6 +23,92 @@ def test_unreachable_node_is_retried_then_reported() -> None:
     client = ChainClient(w3, b"\x01" * 32, retries=2, backoff_s=0.01)
     with pytest.raises(ChainUnavailable, match="after 3 tries"):
         client.block_number()
+
+
+class _FlakyNode:
+    """A stand-in ``Web3`` whose ``eth.block_number`` raises each of ``failures`` in turn."""
+
+    def __init__(self, *failures: BaseException) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+        flaky = self
+
+        class _Eth:
+            @property
+            def block_number(self) -> int:
+                flaky.calls += 1
+                if flaky.failures:
+                    raise flaky.failures.pop(0)
+                return 7
+
+        self.eth = _Eth()
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The back-off waits, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    return waits
+
+
+_TRANSIENT_EXAMPLES = [
+    ConnectionRefusedError(111, "refused"),
+    ConnectionResetError(104, "reset"),
+    TimeoutError("timed out"),
+    requests.exceptions.ConnectionError("no route"),
+    requests.exceptions.ConnectTimeout("connect timeout"),
+    requests.exceptions.ReadTimeout("read timeout"),
+    requests.exceptions.ChunkedEncodingError("cut short"),
+]
+
+
+@pytest.mark.parametrize("exc", _TRANSIENT_EXAMPLES, ids=lambda e: type(e).__name__)
+def test_transient_failures_are_retried_with_doubling_waits(
+    exc: BaseException, sleeps: list[float]
+) -> None:
+    assert isinstance(exc, TRANSIENT) and not isinstance(exc, NOT_TRANSIENT)
+    node = _FlakyNode(exc, exc, exc)
+    client = ChainClient(node, retries=4, backoff_s=0.2)  # type: ignore[arg-type]
+    assert client.block_number() == 7
+    assert node.calls == 4 and sleeps == pytest.approx([0.2, 0.4, 0.8])
+
+
+def test_after_the_last_try_the_node_is_reported_unavailable(sleeps: list[float]) -> None:
+    last = requests.exceptions.ReadTimeout("read timeout 5")
+    node = _FlakyNode(*[requests.exceptions.ConnectionError("refused")] * 4, last)
+    client = ChainClient(node)  # type: ignore[arg-type]  # the defaults: 4 retries, 0.2 s
+    with pytest.raises(ChainUnavailable, match="after 5 tries: read timeout 5") as info:
+        client.block_number()
+    assert info.value.__cause__ is last
+    assert node.calls == 5 and sleeps == pytest.approx([0.2, 0.4, 0.8, 1.6])
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("bad argument"),
+        KeyError("blockNumber"),
+        ContractReverted("PaymentHubNothingToRedeem", (), b""),
+        requests.exceptions.SSLError("certificate verify failed"),  # a setting, not luck
+        requests.exceptions.ProxyError("proxy refused"),
+        requests.exceptions.HTTPError("500 Server Error"),  # answered: not ours to retry
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_other_failures_propagate_at_once(exc: BaseException, sleeps: list[float]) -> None:
+    node = _FlakyNode(exc)
+    client = ChainClient(node, retries=4)  # type: ignore[arg-type]
+    with pytest.raises(type(exc)) as info:
+        client.block_number()
+    assert info.value is exc and node.calls == 1 and sleeps == []
+
+
+def test_retries_zero_means_one_try(sleeps: list[float]) -> None:
+    node = _FlakyNode(TimeoutError("slow"))
+    with pytest.raises(ChainUnavailable, match="after 1 tries"):
+        ChainClient(node, retries=0).block_number()  # type: ignore[arg-type]
+    assert sleeps == []
 
 
 def test_nonce_manager_hands_out_each_nonce_once() -> None:
