@@ -1,34 +1,48 @@
-"""``/health`` and ``/metrics`` for a bootstrap node, over a deliberately tiny HTTP/1.0.
+"""``/health`` and ``/metrics`` for a bootstrap node: a Starlette app served by hypercorn.
 
-A monitoring endpoint needs two GET routes; a full ASGI stack would double the
-process's memory for that. Requests are bounded (8 KiB head, 5 s deadline); anything
-but ``GET /health`` or ``GET /metrics`` gets 404/405.
+The same stack as the buyer's gateway and the homeowner's dashboard (hypercorn's trio
+worker), so HTTP parsing, keep-alive and limits are a maintained server's, not ours.
+Bounds for a public port: a request head is refused once it is still incomplete past
+8 KiB (hypercorn reads at most 64 KiB at a time, so memory per connection stays under
+that), a connection that sends nothing for 5 s is closed, and a body is never read
+(both routes are ``GET``).
+Any other path is 404, any other method 405 (``HEAD`` is answered like ``GET``).
 
-* ``/health`` → ``{"status": "ok", "peer_id", "peers", "uptime_s", "addrs"}``
-* ``/metrics`` → Prometheus text (``prometheus-client``): connected peers, pubsub
+* ``GET /health`` → ``{"status": "ok", "peer_id", "peers", "uptime_s", "addrs"}``
+* ``GET /metrics`` → Prometheus text (``prometheus-client``): connected peers, pubsub
   deliveries/drops/invalid/malformed frames, blacklisted peers, relay reservations
   and circuits, rendezvous registrations, handler errors.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import socket
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 if TYPE_CHECKING:
     from p2pnode.net.host import NodeNet
 
-__all__ = ["BootstrapCollector", "serve_http"]
+__all__ = ["BootstrapCollector", "create_http_app", "serve_http"]
 
-logger = logging.getLogger(__name__)
-_MAX_HEAD = 8192
+MAX_HEAD = 8192
+"""Bytes of an incomplete request head held before hypercorn answers 431."""
+READ_TIMEOUT_S = 5
+"""Seconds a connection may stay silent (mid-request or between requests)."""
 
 
 class BootstrapCollector:
@@ -72,6 +86,51 @@ class BootstrapCollector:
         )
 
 
+def create_http_app(net: NodeNet, started: float | None = None) -> Starlette:
+    """The ``/health`` and ``/metrics`` app for ``net`` (``started``: epoch seconds)."""
+    started = time.time() if started is None else started
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(BootstrapCollector(net, started))  # type: ignore[arg-type]
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "peer_id": net.peer_id,
+                "peers": len(net.connected_peers()),
+                "uptime_s": round(time.time() - started, 3),
+                "addrs": net.addrs,
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (0: any free port); raises OSError."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
 async def serve_http(
     net: NodeNet,
     host: str,
@@ -79,61 +138,26 @@ async def serve_http(
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve /health and /metrics on ``host:port`` (0 = any); reports the bound port."""
-    started = time.time()
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(BootstrapCollector(net, started))  # type: ignore[arg-type]
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
+    """Serve /health and /metrics on ``host:port`` (0 = any); reports the bound port.
 
-    async def handle(stream: trio.SocketStream) -> None:
-        try:
-            with trio.move_on_after(5):
-                head = b""
-                while b"\r\n\r\n" not in head and b"\n\n" not in head:
-                    chunk = await stream.receive_some(1024)
-                    if not chunk:
-                        return
-                    head += chunk
-                    if len(head) > _MAX_HEAD:
-                        await _reply(stream, 431, "text/plain", b"request head too large\n")
-                        return
-                line = head.split(b"\n", 1)[0].decode("latin-1").strip().split()
-                if len(line) != 3:
-                    await _reply(stream, 400, "text/plain", b"bad request\n")
-                elif line[0] != "GET":
-                    await _reply(stream, 405, "text/plain", b"only GET\n")
-                elif line[1] == "/health":
-                    body = {
-                        "status": "ok",
-                        "peer_id": net.peer_id,
-                        "peers": len(net.connected_peers()),
-                        "uptime_s": round(time.time() - started, 3),
-                        "addrs": net.addrs,
-                    }
-                    await _reply(stream, 200, "application/json", json.dumps(body).encode())
-                elif line[1] == "/metrics":
-                    await _reply(
-                        stream, 200, "text/plain; version=0.0.4", generate_latest(registry)
-                    )
-                else:
-                    await _reply(stream, 404, "text/plain", b"not found\n")
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-        finally:
-            await stream.aclose()
-
-    async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
-
-
-async def _reply(stream: trio.SocketStream, status: int, ctype: str, body: bytes) -> None:
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(
-        status, "Error"
-    )
-    head = (
-        f"HTTP/1.0 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
-    await stream.send_all(head + body)
+    The socket is bound before anything else, so a port in use raises :class:`OSError`
+    from ``nursery.start`` at once.
+    """
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    config = Config()
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    config.h11_max_incomplete_size = MAX_HEAD
+    config.read_timeout = READ_TIMEOUT_S
+    config.keep_alive_timeout = READ_TIMEOUT_S
+    config.include_server_header = False
+    app = wrap_app(create_http_app(net), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(worker_serve, app, config, sockets=sockets))
+            task_status.started(bound)
+    finally:
+        sock.close()
