@@ -192,9 +192,8 @@ class Dialer:
         if negative is not None:
             negative.evict(str(pid))
         keep = self._order(pid, [won], drop=failed)
-        cache = self.net._peer_cache
-        if cache is not None and "/p2p-circuit" not in won:
-            cache.remember(pid.to_base58(), [a for a in keep if "/p2p-circuit" not in a])
+        if "/p2p-circuit" not in won:
+            self.net.remember_peer(pid.to_base58(), [a for a in keep if "/p2p-circuit" not in a])
 
     def _order(self, pid: ID, first: Sequence[str], drop: Sequence[str]) -> list[str]:
         """Rewrite ``pid``'s peerstore addresses: signed record, ``first``, the rest."""

@@ -71,8 +71,7 @@ class Discovery:
             mode = DHTMode.SERVER if self.cfg.dht == "server" else DHTMode.CLIENT
             self.dht = KadDHT(host, mode, enable_random_walk=False)
             await stack.enter_async_context(background_trio_service(self.dht))
-            assert self.net._nursery is not None
-            self.net._nursery.start_soon(self._routing_table_loop)
+            self.net.start_soon(self._routing_table_loop)
 
     async def after_join(self, bootstrap: tuple[str, ...]) -> None:
         from libp2p.discovery.rendezvous import RendezvousClient
@@ -87,10 +86,9 @@ class Discovery:
                     self.net.host, info.peer_id, False
                 )
         await self._fill_routing_table()
-        assert self.net._nursery is not None
         if self._rdv_clients and self.cfg.target_peers > 0:
             await self.meet_peers()
-            self.net._nursery.start_soon(self._meet_loop)
+            self.net.start_soon(self._meet_loop)
 
     def _ordinary_peers(self) -> int:
         """Connected peers that are not our rendezvous points (bootstraps)."""
@@ -140,7 +138,7 @@ class Discovery:
         async def dial(info: PeerInfo) -> None:
             nonlocal ok
             try:
-                await self.net._connect_info(info)
+                await self.net.connect_info(info)
                 ok += 1
             except Exception as e:
                 logger.info("dial %s failed: %r", info.peer_id, e)

@@ -129,7 +129,7 @@ class NodeNet:
         self._peer_cache = PeerCache.load(cfg.peer_cache) if cfg.peer_cache else None
         self.dialer = Dialer(self)
         self._nursery: trio.Nursery | None = None
-        self.relay_addrs: list[str] = []
+        self._relay_addrs: list[str] = []
         self.relay: Any = None
 
     # -- identity ----------------------------------------------------------------------
@@ -144,7 +144,12 @@ class NodeNet:
         own = [str(a) for a in self.host.get_addrs()]
         suffix = f"/p2p/{self.peer_id}"
         out = [a if a.endswith(suffix) else a + suffix for a in own]
-        return out + [a for a in self.relay_addrs if a not in out]
+        return out + [a for a in self._relay_addrs if a not in out]
+
+    def add_relay_addr(self, addr: str) -> None:
+        """Advertise ``addr`` (``<relay>/p2p-circuit/p2p/<us>``) among :attr:`addrs`."""
+        if addr not in self._relay_addrs:
+            self._relay_addrs.append(addr)
 
     def connected_peers(self) -> list[str]:
         """Peer ids with at least one open connection."""
@@ -167,7 +172,7 @@ class NodeNet:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
         except Exception as e:
             raise DialFailed(f"not a dialable peer address: {addr!r} ({e})") from e
-        await self._connect_info(info, timeout)
+        await self.connect_info(info, timeout)
         return str(info.peer_id.to_base58())
 
     async def reach(self, peer_id: str, timeout: float | None = None) -> None:
@@ -182,13 +187,24 @@ class NodeNet:
             raise DialFailed(f"not a peer id: {peer_id!r}") from e
         await self.dialer.dial(pid, timeout=timeout or self.cfg.dial_timeout)
 
-    async def _connect_info(
+    async def connect_info(
         self, info: PeerInfo, timeout: float | None = None, *, discover: bool = True
     ) -> None:
         """Connect to ``info.peer_id``; ``info.addrs`` are hints tried with what we know."""
         await self.dialer.dial(
             info.peer_id, info.addrs, timeout=timeout or self.cfg.dial_timeout, discover=discover
         )
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``fn(*args)`` as a background task of this node, until the node stops."""
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        self._nursery.start_soon(fn, *args)
+
+    def remember_peer(self, peer_id: str, addrs: list[str]) -> None:
+        """Cache ``addrs`` as where ``peer_id`` is reachable now (no-op without a cache)."""
+        if self._peer_cache is not None:
+            self._peer_cache.remember(peer_id, addrs)
 
     def protect(self, peer_id: str) -> None:
         """Keep a connection to ``peer_id`` open (re-dialled if lost) while trading."""
@@ -221,8 +237,7 @@ class NodeNet:
 
     async def unsubscribe(self, topic: str) -> None:
         """Leave ``topic``; its channels are closed."""
-        for send in self.pubsub._channels.pop(topic, []):
-            await send.aclose()
+        await self.pubsub.close_channels(topic)
         await self.pubsub.unsubscribe(topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -352,7 +367,7 @@ class NodeNet:
             nonlocal ok
             try:
                 # no DHT lookup here: we are joining, nobody is there to ask yet
-                await self._connect_info(info, discover=False)
+                await self.connect_info(info, discover=False)
                 ok += 1
             except DialFailed as e:
                 logger.info("join: %s", e)

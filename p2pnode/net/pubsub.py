@@ -290,6 +290,11 @@ class HardenedPubsub(Pubsub):
         self._channels.setdefault(topic, []).append(send)
         return receive
 
+    async def close_channels(self, topic: str) -> None:
+        """Close every channel opened for ``topic`` (its receivers see the end)."""
+        for send in self._channels.pop(topic, []):
+            await send.aclose()
+
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         try:
             origin = ID(publish_message.from_id)

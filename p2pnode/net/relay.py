@@ -101,8 +101,7 @@ class RelaySetup:
             if ok:
                 base = addr.rsplit("/p2p/", 1)[0]
                 circuit = f"{base}/p2p/{info.peer_id.to_base58()}/p2p-circuit/p2p/{me}"
-                if circuit not in self.net.relay_addrs:
-                    self.net.relay_addrs.append(circuit)
+                self.net.add_relay_addr(circuit)
 
     async def dial(self, addr: str) -> None:
         """Connect to a peer through a relay (``…/p2p-circuit/p2p/<id>``)."""
