@@ -69,9 +69,9 @@ async def run_bootstrap(
     from libp2p.crypto.ed25519 import create_new_key_pair
 
     from bootstrap.http import serve_http
+    from market.gossip import offer_check
     from p2pnode.net.host import open_node_host
     from p2pnode.net.pubsub import offers_topic
-    from p2pnode.net.wire import offer_check
 
     seed = load_or_create_seed(cfg.key_file)
     net_cfg = NetConfig(

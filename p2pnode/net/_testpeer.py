@@ -31,11 +31,11 @@ from typing import Any
 
 import trio
 
+from market.gossip import offer_check, rfq_check
 from p2pnode.net.config import NetConfig
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.host import NodeNet, open_node_host
 from p2pnode.net.pubsub import GossipMessage, offers_topic, rfq_topic
-from p2pnode.net.wire import offer_check, rfq_check
 
 TRADE = "/hearth/test/trade/1"
 DRIP = "/hearth/test/drip/1"

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from market.gossip import rfq_check, valid_rfq
 from market.ledger import Ledger
 from market.protocol import (
     Award,
@@ -76,7 +77,6 @@ from p2pnode.net import NetError, NodeNet
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import GossipMessage, rfq_topic
 from p2pnode.net.ratelimit import PeerRateLimiter, RateLimit
-from p2pnode.net.wire import rfq_check, valid_rfq
 from p2pnode.node.cover import CoverCache
 from p2pnode.serving import BadRequestError, GenerationRequest, ServingBackend
 
@@ -243,7 +243,7 @@ class ProviderService:
     async def _on_rfq(self, msg: GossipMessage) -> None:
         """An RFQ over gossip: answer on a new bid stream to the buyer.
 
-        The topic check (:func:`~p2pnode.net.wire.rfq_check`) let through only RFQs for
+        The topic check (:func:`~market.gossip.rfq_check`) let through only RFQs for
         our model published by their own buyer; the buyer's rate is checked first.
         """
         if not self._admit(msg.origin):

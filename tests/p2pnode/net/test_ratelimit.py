@@ -7,11 +7,11 @@ import time
 
 import pytest
 
+from market.gossip import rfq_check, valid_rfq
 from market.protocol import RemoteProtocolError, Rfq
 from market.protocol.envelope import seal
 from market.protocol.signing import SigningKey
 from p2pnode.net.ratelimit import PeerRateLimiter, RateLimit
-from p2pnode.net.wire import rfq_check, valid_rfq
 
 MODEL_A, MODEL_B = "a1" * 32, "b2" * 32
 
