@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from bootstrap import cli as bootstrap_cli
 from p2pnode.cli import chain, collateral, identity, market, net, power, serving, sim
 
 app = typer.Typer(
@@ -28,7 +29,7 @@ bench = typer.Typer(
 )
 app.add_typer(bench, name="bench")
 
-for _area in (identity, serving, chain, sim, net, market, collateral, power):
+for _area in (identity, serving, chain, sim, bootstrap_cli, net, market, collateral, power):
     _area.register(app, bench)
 
 
