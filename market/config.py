@@ -13,8 +13,16 @@ expected …``. ``hearth config example`` prints :func:`example_config` — ever
 with its documentation and default — and ``hearth config check FILE`` validates.
 
 Missing keys take their defaults, chosen for a home node: data under
-``~/.hearth``, CPU/GPU chosen automatically, the embedded chain, gateway and
-dashboard on loopback only.
+``~/.hearth``, CPU/GPU chosen automatically, gateway and dashboard on loopback only.
+One key has no useful default: ``chain.rpc_url`` (the market's chain) must be filled
+in. :func:`unready` lists what a valid file still lacks before ``hearth node`` or a
+buyer command can start (the URL, the deployment file, the keystore, the model file);
+those commands and ``hearth config check`` use the same list, so they agree.
+
+Every key is read by the code that starts a node, buyer or gateway
+(:func:`p2pnode.node.setup.load_node_settings`, :func:`market.sdk.connect.load_buyer`,
+``hearth gateway``, ``hearth node status``); ``tests/market/test_config.py`` checks
+that each key of the example is read and that changing it changes what starts.
 """
 
 from __future__ import annotations
@@ -38,11 +46,13 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "HearthConfig",
+    "check_ready",
     "config_from_dict",
     "example_config",
     "load_config",
     "parse_config",
     "setting",
+    "unready",
 ]
 
 Check = Callable[[Any], str | None]
@@ -57,14 +67,25 @@ def setting(
     choices: tuple[str, ...] | None = None,
     check: Check | None = None,
     expect: str | None = None,
+    fill_in: str | None = None,
 ) -> Any:
     """Declare one config key: default, documentation, and validation rules.
 
     ``lo``/``hi`` bound numbers (inclusive); ``choices`` fixes the allowed strings;
     ``check(value)`` returns an error text or ``None`` and ``expect`` describes what
-    it wants (shown in error messages and in the example file).
+    it wants (shown in error messages and in the example file). ``fill_in`` marks a
+    key whose default cannot run a node: it says what to write there (the example
+    file shows it, and :func:`unready` asks for it while the key keeps its default).
     """
-    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "check": check, "expect": expect}
+    meta = {
+        "doc": doc,
+        "lo": lo,
+        "hi": hi,
+        "choices": choices,
+        "check": check,
+        "expect": expect,
+        "fill_in": fill_in,
+    }
     if isinstance(default, dict):
         frozen = dict(default)
         return field(default_factory=lambda: dict(frozen), metadata=meta)
@@ -91,15 +112,17 @@ def _bootstrap(v: Any) -> str | None:
     return None
 
 
-def _token(v: Any) -> str | None:
-    if v == "" or re.fullmatch(r"0x[0-9a-fA-F]{40}", v):
-        return None
-    return "not an address"
-
-
 def _rpc(v: Any) -> str | None:
-    if v == "embedded" or re.match(r"(https?|wss?)://\S+$", v):
+    if v == "" or re.match(r"https?://\S+$", v):
         return None
+    if v == "embedded":
+        return (
+            "the embedded chain lives inside one process, so no node or buyer can share it "
+            "(it serves tests and `hearth chain deploy --embedded`); run a chain such as "
+            "anvil and give its URL"
+        )
+    if re.match(r"wss?://", v):
+        return "Hearth talks to the chain over HTTP(S) only"
     return "not a URL"
 
 
@@ -119,9 +142,15 @@ class NodeSection:
     """Who and where this node is."""
 
     data_dir: str = setting(
-        "~/.hearth", "Folder for the ledger, peer cache, models and logs.", check=_nonempty
+        "~/.hearth",
+        "Folder for the ledgers, the node's status file and (by default) the peer cache.",
+        check=_nonempty,
     )
-    name: str = setting("", 'Display name shown to peers and on the dashboard ("" = none).')
+    name: str = setting(
+        "",
+        "A name for this box, shown by `hearth node` as it starts and by `hearth node status` "
+        '("" = none; peers see only the peer id).',
+    )
     region: str = setting(
         "", 'Region label used by buyers to prefer nearby nodes, e.g. "us-west" ("" = unset).'
     )
@@ -167,9 +196,9 @@ class NetworkSection:
         expect="multiaddrs ending in /p2p/<peer id>",
     )
     peer_cache: str = setting(
-        "~/.hearth/peers.json",
-        "File remembering peers seen, to rejoin without bootstrap.",
-        check=_nonempty,
+        "",
+        "File remembering peers seen, to rejoin when every bootstrap is down "
+        '("" = peers.json in node.data_dir).',
     )
 
 
@@ -182,12 +211,6 @@ tokens; a million whole tokens of 18 decimals): anything above is a typo."""
 class MarketSection:
     """How the node prices and streams work."""
 
-    currency_token: str = setting(
-        "",
-        'ERC-20 token address prices are in ("" = the deployment\'s default token).',
-        check=_token,
-        expect='"" or a 0x-prefixed 20-byte hex address',
-    )
     price_per_1k: int = setting(
         0,
         "Price floor, in token base units per 1,000 tokens; never bid below it.",
@@ -216,8 +239,10 @@ class MarketSection:
 class ServingSection:
     """The inference engine."""
 
-    models: tuple[str, ...] = setting(
-        (), "Models to serve: paths to GGUF/safetensors files or folders, or model names."
+    model: str = setting(
+        "",
+        "The model this node serves: a .gguf file or a Hugging Face folder (with config.json); "
+        '"" = the bundled SmolLM2-135M-Instruct. One model per node: run a node per model.',
     )
     device: str = setting(
         "auto", 'Where to run: "auto" (CUDA if present), "cpu" or "cuda".',
@@ -239,14 +264,16 @@ class ChainSection:
     """Settlement on an EVM chain."""
 
     rpc_url: str = setting(
-        "embedded",
-        'JSON-RPC URL of the chain, or "embedded" for an in-process test chain.',
+        "",
+        "JSON-RPC URL of the chain the market settles on, the same for every node and buyer.",
         check=_rpc,
-        expect='"embedded" or an http(s):// / ws(s):// URL',
+        expect='an http(s):// URL, or "" while not filled in',
+        fill_in='your market\'s chain, e.g. "http://127.0.0.1:8545" for an anvil on this machine',
     )
     deployment: str = setting(
         "~/.hearth/deployment.json",
-        "JSON file with the contract addresses (written by `hearth chain deploy`).",
+        "JSON file naming the contracts and the token that prices are in (written by "
+        "`hearth chain deploy`, or given by your market's operator).",
         check=_nonempty,
     )
     redeem_min_gas_multiple: float = setting(
@@ -301,9 +328,13 @@ class GatewaySection:
     """The OpenAI-compatible HTTP gateway (`hearth gateway`)."""
 
     host: str = setting(
-        "127.0.0.1", "Interface to bind (127.0.0.1 = this machine only).", check=_nonempty
+        "127.0.0.1",
+        "Interface to bind (127.0.0.1 = this machine only); --host overrides it.",
+        check=_nonempty,
     )
-    port: int = setting(8080, "TCP port.", lo=1, hi=65535)
+    port: int = setting(
+        8000, "TCP port (0 = any free one, printed at start); --port overrides it.", lo=0, hi=65535
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,11 +387,14 @@ class ConfigProblem:
 class ConfigError(Exception):
     """A config file was rejected; :attr:`problems` lists every reason."""
 
-    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+    def __init__(
+        self, source: str, problems: list[ConfigProblem], *, headline: str | None = None
+    ) -> None:
         self.source = source
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s):\n{lines}")
+        head = headline or f"{len(problems)} problem(s)"
+        super().__init__(f"{source}: {head}:\n{lines}")
 
 
 _MISSING: Any = object()
@@ -427,6 +461,17 @@ def _check_value(value: Any, meta: Mapping[str, Any]) -> str | None:
     return None
 
 
+_RETIRED = {
+    "serving.models": (
+        'serving.model = "PATH" (one model per node; the list served only its first entry)'
+    ),
+    "market.currency_token": (
+        "no such key: prices are in the deployment's token (chain.deployment); delete the line"
+    ),
+}
+"""Keys that older files may hold, with what to write instead."""
+
+
 def _did_you_mean(name: str, options: list[str]) -> str:
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -441,6 +486,9 @@ def _section(cls: type, data: Any, prefix: str, problems: list[ConfigProblem]) -
     kwargs: dict[str, Any] = {}
     for key, raw in data.items():
         dotted = f"{prefix}.{key}"
+        if key not in fields and dotted in _RETIRED:
+            problems.append(ConfigProblem(dotted, raw, _RETIRED[dotted]))
+            continue
         if key not in fields:
             known = ", ".join(fields)
             problems.append(
@@ -517,6 +565,67 @@ def load_config(path: str | os.PathLike[str] | None = None) -> HearthConfig:
     return parse_config(text, source=str(p))
 
 
+# ------------------------------------------------------------------- readiness
+
+
+def _fill_in(section: str, key: str) -> str:
+    cls = typing.get_type_hints(HearthConfig)[section]
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[key]
+    return f"filled in: {meta['fill_in']}"
+
+
+def unready(cfg: HearthConfig, role: str = "node") -> list[ConfigProblem]:
+    """What a valid ``cfg`` still lacks before ``hearth node`` (``role="node"``) or a buyer
+    command (``role="buyer"``: submit, deposit, balance, withdraw, unlock, gateway) can
+    start: keys to fill in and files that must exist. Empty when ready.
+
+    Checks only this machine's files (no chain is dialled, no passphrase asked), so
+    ``hearth config check`` and the commands themselves report the same things.
+    """
+    problems: list[ConfigProblem] = []
+    if cfg.chain.rpc_url == "":
+        problems.append(ConfigProblem("chain.rpc_url", "", _fill_in("chain", "rpc_url")))
+    deployment = cfg.path(cfg.chain.deployment)
+    if not deployment.is_file():
+        problems.append(
+            ConfigProblem(
+                "chain.deployment",
+                cfg.chain.deployment,
+                f"an existing file (nothing at {deployment}): write it with `hearth chain "
+                f"deploy --rpc-url URL --out {deployment}`, or get it from your market's operator",
+            )
+        )
+    keystore = cfg.path(cfg.identity.keystore)
+    if not keystore.is_dir():
+        problems.append(
+            ConfigProblem(
+                "identity.keystore",
+                cfg.identity.keystore,
+                f"a keystore (nothing at {keystore}): create one with `hearth identity init "
+                f"--keystore {keystore}`, or restore one with `hearth identity import`",
+            )
+        )
+    model = cfg.serving.model
+    if role == "node" and model and not cfg.path(model).exists():
+        problems.append(
+            ConfigProblem(
+                "serving.model",
+                model,
+                f'a .gguf file or a model folder (nothing at {cfg.path(model)}); "" serves '
+                "the bundled SmolLM2-135M-Instruct",
+            )
+        )
+    return problems
+
+
+def check_ready(cfg: HearthConfig, role: str = "node", *, source: str = "hearth.toml") -> None:
+    """Raise :class:`ConfigError` listing :func:`unready`'s problems, if any."""
+    problems = unready(cfg, role)
+    if problems:
+        command = "`hearth node`" if role == "node" else "the buyer commands"
+        raise ConfigError(source, problems, headline=f"not ready for {command} yet")
+
+
 # --------------------------------------------------------------------- example
 
 
@@ -537,13 +646,25 @@ def _toml(value: Any) -> str:
 
 def example_config() -> str:
     """A complete, commented ``hearth.toml`` holding every key at its default."""
-    lines = [
-        "# hearth.toml — configuration of a Hearth node, buyer or gateway.",
-        "# Every key is optional; the values below are the defaults.",
-        "# Check a file with: hearth config check hearth.toml",
-    ]
     defaults = HearthConfig()
     hints = typing.get_type_hints(HearthConfig)
+    fill = [
+        f"#   {sec.name}.{f.name}: {f.metadata['fill_in']}"
+        for sec in dataclasses.fields(HearthConfig)
+        for f in dataclasses.fields(hints[sec.name])
+        if f.metadata["fill_in"]
+    ]
+    lines = [
+        "# hearth.toml — configuration of a Hearth node, buyer or gateway.",
+        "# The values below are the defaults. Before `hearth node` or a buyer command runs:",
+        "# 1. fill in the keys marked FILL IN:",
+        *fill,
+        "# 2. put the deployment file at chain.deployment: `hearth chain deploy --rpc-url URL",
+        "#    --out PATH` writes it, or your market's operator gives it to you;",
+        "# 3. create the keystore at identity.keystore: `hearth identity init`;",
+        "# 4. to meet other nodes, list your market's bootstrap peers in network.bootstrap.",
+        "# `hearth config check hearth.toml` validates the file and says what is still missing.",
+    ]
     for sec in dataclasses.fields(HearthConfig):
         cls = hints[sec.name]
         lines += ["", f"[{sec.name}]"]
@@ -554,5 +675,7 @@ def example_config() -> str:
             for ln in textwrap.wrap(f.metadata["doc"], 86):
                 lines.append(f"# {ln}")
             lines.append(f"# Expected: {_describe(section_hints[f.name], f.metadata)}.")
+            if f.metadata["fill_in"]:
+                lines.append(f"# FILL IN: {f.metadata['fill_in']}.")
             lines.append(f"{f.name} = {_toml(getattr(getattr(defaults, sec.name), f.name))}")
     return "\n".join(lines) + "\n"

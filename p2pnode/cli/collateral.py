@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from p2pnode.cli.errors import explain
 from p2pnode.cli.market import ConfigOpt, _fail, _load
 
 __all__ = ["register"]
@@ -77,7 +78,7 @@ def unlock(
     except typer.Exit:
         raise
     except Exception as exc:
-        _fail(str(exc))
+        _fail(explain(exc, rpc_url=setup.rpc_url) or str(exc))
     scale = -dep.token_decimals
     for row in rows:
         row["locked"] = str(Decimal(row["locked"]).scaleb(scale))

@@ -218,14 +218,23 @@ def identity_import(
 def config_check(
     file: Annotated[Path, typer.Argument(help="The hearth.toml to validate.")],
 ) -> None:
-    """Validate a config file; list every problem (key, value, expectation)."""
-    from market.config import ConfigError, load_config
+    """Validate a config file; list every problem (key, value, expectation), then what
+    `hearth node` and the buyer commands would still refuse to start without."""
+    from market.config import ConfigError, load_config, unready
 
     try:
-        load_config(file)
+        cfg = load_config(file)
     except ConfigError as e:
         _fail(str(e))
-    typer.echo(f"ok: {file} is valid")
+    node, buyer = unready(cfg, "node"), unready(cfg, "buyer")
+    if not node:
+        typer.echo(f"ok: {file} is valid and ready for `hearth node` and the buyer commands")
+        return
+    typer.echo(f"ok: {file} is valid, but not ready yet; `hearth node` needs:")
+    for problem in node:
+        typer.echo(f"  - {problem}")
+    if not buyer:
+        typer.echo("(the buyer commands need none of this and can start)")
 
 
 @config_app.command("example")

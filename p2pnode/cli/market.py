@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from p2pnode.cli.errors import explain, explained, fail
+
 ConfigOpt = Annotated[
     Path,
     typer.Option("--config", "-c", help="The node's or buyer's hearth.toml.", show_default=True),
@@ -26,9 +28,7 @@ node_app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+_fail = fail  # the name the other command modules import
 
 
 def _check_config(path: Path) -> None:
@@ -36,8 +36,19 @@ def _check_config(path: Path) -> None:
         _fail(f"no config file at {path} (write one with `hearth config example > {path}`)")
 
 
+def _config(path: Path) -> Any:
+    """The validated config at ``path`` (no readiness asked: status and gateway read it)."""
+    from market.config import load_config
+
+    _check_config(path)
+    with explained():
+        return load_config(path)
+
+
 def _load(kind: str, path: Path) -> Any:
-    """Load node settings or the buyer setup, turning every known failure into a message."""
+    """Load node settings or the buyer setup, turning every known failure into a message:
+    an invalid or unready config, a missing keystore, a wrong passphrase, a bad deployment
+    file (:func:`p2pnode.cli.errors.explain`)."""
     _check_config(path)
     try:
         if kind == "node":
@@ -47,8 +58,11 @@ def _load(kind: str, path: Path) -> Any:
         from market.sdk.connect import load_buyer
 
         return load_buyer(path)
-    except Exception as exc:  # config, keystore, passphrase, deployment file, chain
-        _fail(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        sentence = explain(exc)
+        if sentence is None:
+            raise
+        _fail(sentence)
 
 
 @node_app.callback()
@@ -62,13 +76,16 @@ def node(
     """
     if ctx.invoked_subcommand is not None:
         return
+    name = _config(config).node.name
     settings = _load("node", config)
     import trio
 
-    from p2pnode.node.runtime import run_node
+    from p2pnode.node import runtime
 
-    typer.echo(f"node {settings.identity.peer_id} starting (data in {settings.data_dir})", err=True)
-    trio.run(run_node, settings)
+    who = f"{name} ({settings.identity.peer_id})" if name else settings.identity.peer_id
+    typer.echo(f"node {who} starting (data in {settings.data_dir})", err=True)
+    with explained(rpc_url=settings.rpc_url):
+        trio.run(runtime.run_node, settings)
 
 
 @node_app.command("status")
@@ -81,14 +98,9 @@ def node_status(
     Works whether the node runs or not: the ledger is read directly, and the running
     node's last status (refreshed every second) adds its live figures.
     """
-    from market.config import load_config
     from p2pnode.node.telemetry import Telemetry
 
-    _check_config(config)
-    try:
-        cfg = load_config(config)
-    except Exception as exc:
-        _fail(str(exc))
+    cfg = _config(config)
     data_dir = Path(cfg.node.data_dir).expanduser()
     try:
         live = json.loads((data_dir / "status.json").read_text())
@@ -110,6 +122,7 @@ def node_status(
         peer_id=live.get("peer_id", ""),
     )
     telemetry.close()
+    doc["name"] = cfg.node.name
     for key in ("tokens", "bids", "peers", "gossip", "power", "uptime_s", "accepting", "jobs"):
         if key in live and key != "jobs":
             doc[key] = live[key]
@@ -122,7 +135,10 @@ def node_status(
     from rich.table import Table
 
     symbol = doc.get("currency", {}).get("symbol", "")
-    table = Table(title=f"hearth node {doc.get('peer_id') or ''}")
+    title = " ".join(
+        x for x in (cfg.node.name, f"({doc['peer_id']})" if doc.get("peer_id") else "") if x
+    )
+    table = Table(title=f"hearth node {title}".strip())
     table.add_column("what")
     table.add_column("value", justify="right")
     rows: list[tuple[str, Any]] = [
@@ -185,11 +201,12 @@ def node_redeem(config: ConfigOpt = Path("hearth.toml")) -> None:
     from p2pnode.node.runtime import redeem_all
 
     s = _load("node", config)
-    client = ChainClient(connect(s.rpc_url), s.identity.eth_private_key)
-    ledger = Ledger(s.data_dir / "ledger.sqlite")
-    redeemer = Redeemer(ledger, s.deployment.hub(client), s.redemption)
-    redeemer.reconcile()
-    done = redeem_all(redeemer)
+    with explained(rpc_url=s.rpc_url):
+        client = ChainClient(connect(s.rpc_url), s.identity.eth_private_key)
+        ledger = Ledger(s.data_dir / "ledger.sqlite")
+        redeemer = Redeemer(ledger, s.deployment.hub(client), s.redemption)
+        redeemer.reconcile()
+        done = redeem_all(redeemer)
     typer.echo(
         json.dumps(
             {
@@ -240,7 +257,7 @@ def submit(
     import trio
 
     from market.sdk.connect import open_buyer_client
-    from market.sdk.types import GenerationParams, HearthError
+    from market.sdk.types import GenerationParams
 
     setup = _load("buyer", config)
     params = GenerationParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
@@ -267,10 +284,8 @@ def submit(
                 err=True,
             )
 
-    try:
+    with explained(rpc_url=setup.rpc_url):
         trio.run(run)
-    except HearthError as exc:
-        _fail(str(exc))
 
 
 def deposit(
@@ -285,19 +300,20 @@ def deposit(
     setup = _load("buyer", config)
     dep = setup.deployment
     value = _amount(typed, dep.token_decimals)
-    try:
+    with explained(rpc_url=setup.rpc_url):
         client = setup.chain_client()
         token = dep.erc20(client)
         if mint:
             token.mint(client.address, value)
         have = token.balance_of(client.address)
         if have < value:
-            _fail(f"wallet holds {Decimal(have).scaleb(-dep.token_decimals)} {dep.token_symbol}")
+            _fail(
+                f"the wallet {client.address} holds only "
+                f"{Decimal(have).scaleb(-dep.token_decimals)} {dep.token_symbol}"
+            )
         token.approve(dep.payment_hub, value)
         dep.hub(client).deposit(dep.token, value)
         left = dep.hub(client).balance_of(client.address, dep.token)
-    except Exception as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
     typer.echo(
         f"deposited {amount} {dep.token_symbol}; hub balance {Decimal(left).scaleb(-dep.token_decimals)}"
     )
@@ -330,7 +346,7 @@ def withdraw(
     setup = _load("buyer", config)
     dep = setup.deployment
     value = _amount(typed, dep.token_decimals) if typed is not None else 0
-    try:
+    with explained(rpc_url=setup.rpc_url):
         client = setup.chain_client()
         hub = dep.hub(client)
         pending, unlock_at = hub.pending_withdrawal(client.address, dep.token)
@@ -347,10 +363,6 @@ def withdraw(
             hub.cancel_withdrawal(dep.token)
         else:
             hub.request_withdrawal(dep.token, value)
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
     symbol = dep.token_symbol
     if execute:
         typer.echo(
@@ -377,7 +389,7 @@ def balance(
 
     setup = _load("buyer", config)
     dep = setup.deployment
-    try:
+    with explained(rpc_url=setup.rpc_url):
         client = setup.chain_client()
         wallet = dep.erc20(client).balance_of(client.address)
         hub = dep.hub(client).balance_of(client.address, dep.token)
@@ -386,8 +398,6 @@ def balance(
             dep.hub(client).collateral(client.address, p, dep.token).locked
             for p in channel_providers(setup.data_dir)
         )
-    except Exception as exc:
-        _fail(f"{type(exc).__name__}: {exc}")
     doc = {
         "address": client.address,
         "token": dep.token_symbol,
@@ -407,34 +417,49 @@ def balance(
 def gateway(
     config: ConfigOpt = Path("hearth.toml"),
     host: Annotated[
-        str, typer.Option(help="Interface to bind (keep 127.0.0.1 unless proxied).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+        str | None,
+        typer.Option(
+            help="Interface to bind (default: gateway.host of --config, 127.0.0.1; keep it "
+            "unless proxied).",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="TCP port (default: gateway.port of --config, 8000; 0 = any free one).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)."""
     from functools import partial
 
     import trio
 
-    from market.gateway import GatewayBindError, listen, restore_recursion_limit, serve_gateway
+    from market import gateway as gw
     from market.sdk.connect import open_buyer_client
 
-    _check_config(config)
+    cfg = _config(config).gateway  # the one default of host and port: [gateway]
+    host = cfg.host if host is None else host
+    port = cfg.port if port is None else port
     try:  # first: a port already taken is one line, before anything slow starts
-        sock = listen(host, port)
-    except GatewayBindError as exc:
+        sock = gw.listen(host, port)
+    except gw.GatewayBindError as exc:
         _fail(str(exc))
     setup = _load("buyer", config)
-    restore_recursion_limit()  # web3's imports raised it; this process parses strangers' JSON
+    gw.restore_recursion_limit()  # web3's imports raised it; this process parses strangers' JSON
 
     async def run() -> None:
         async with open_buyer_client(setup) as client, trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(serve_gateway, client, sock=sock))
+            bound = await nursery.start(partial(gw.serve_gateway, client, sock=sock))
             typer.echo(
                 f"gateway on http://{host}:{bound}/v1 (buyer {client.key.peer_id})", err=True
             )
 
-    with sock:
+    with sock, explained(rpc_url=setup.rpc_url):
         trio.run(run)
 
 

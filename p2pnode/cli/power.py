@@ -18,15 +18,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @power.command("status")
     def status(
         config: Path = typer.Option(
-            ..., "--config", help="Node config (TOML) with a [power] section."
+            ..., "--config", help="Node config (hearth.toml) with a \\[power] section."
         ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
-        """Read the [power] section and print the policy its file/tariff inputs give now."""
+        """Read the \\[power] section and print the policy its file/tariff inputs give now."""
         import datetime as dt
         import time
-        import tomllib
 
+        from market.config import ConfigError, load_config
         from p2pnode.power.governor import Governor, GovernorConfig, TariffReading
         from p2pnode.power.sources import (
             TariffSchedule,
@@ -35,7 +35,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         )
 
         try:
-            section = tomllib.loads(config.read_text()).get("power", {})
+            section = load_config(config).power.as_mapping()
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        try:
             gov = Governor(GovernorConfig.from_mapping(section.get("governor", {})))
             if "tariff" in section:
                 price = TariffSchedule.from_mapping(section["tariff"]).price_at(dt.datetime.now())
@@ -46,8 +50,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 )
             if "file" in section.get("override", {}):
                 gov.observe(read_override_file(Path(section["override"]["file"]), at=0.0))
-        except (OSError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
-            typer.echo(f"error: {config}: {exc}", err=True)
+        except (OSError, ValueError, TypeError) as exc:
+            typer.echo(f"error: {config}: [power]: {exc}", err=True)
             raise typer.Exit(2) from None
         p = gov.step(0.0, running_jobs=1)
         out = {

@@ -16,7 +16,7 @@ def load_node_settings(path: str | Path) -> Any:
     from market.protocol.policy import CostPlusPolicy
     from p2pnode.node.runtime import NodeSettings
 
-    cfg = config_at(path)
+    cfg = config_at(path, "node")  # what `hearth config check` lists, before any passphrase
     m = cfg.market
     deployment = deployment_of(cfg)
     return NodeSettings(
@@ -25,7 +25,7 @@ def load_node_settings(path: str | Path) -> Any:
         rpc_url=cfg.chain.rpc_url,
         deployment=deployment,
         data_dir=Path(cfg.node.data_dir).expanduser(),
-        model_path=cfg.serving.models[0] if cfg.serving.models else None,
+        model_path=cfg.serving.model or None,
         region=cfg.node.region,
         policy=CostPlusPolicy(
             electricity_per_kwh=int(m.electricity_price_per_kwh * 10**deployment.token_decimals),

@@ -21,7 +21,8 @@ def test_defaults_and_empty_file() -> None:
     cfg = parse_config("")
     assert cfg == HearthConfig() == load_config(None)
     assert cfg.serving.device == "auto"
-    assert cfg.chain.rpc_url == "embedded"
+    assert cfg.chain.rpc_url == ""  # the one key to fill in: see test_example_says_what_to_fill_in
+    assert cfg.gateway.port == 8000  # the one default of `hearth gateway --port`
     assert cfg.gateway.host == "127.0.0.1"
     assert cfg.identity.passphrase_env == "HEARTH_PASSPHRASE"
     assert cfg.path(cfg.identity.keystore).is_absolute()
@@ -55,7 +56,7 @@ price_per_1k = 120000000000000000000000
 margin = 1
 electricity_price_per_kwh = 0.31
 [serving]
-models = ["~/models/smollm2.gguf"]
+model = "~/models/smollm2.gguf"
 device = "cpu"
 [chain]
 rpc_url = "http://127.0.0.1:8545"
@@ -69,7 +70,7 @@ tariff = { default = 0.3 }
     assert cfg.network.listen[1] == "/ip6/::/tcp/4001"
     assert cfg.market.margin == 1.0 and isinstance(cfg.market.margin, float)
     assert cfg.market.price_per_1k == 120000000000000000000000
-    assert cfg.serving.models == ("~/models/smollm2.gguf",)
+    assert cfg.serving.model == "~/models/smollm2.gguf"
     assert cfg.power.demand_response == {"file": "/run/hearth/dr.json"}
     assert cfg.power.as_mapping() == {
         "tariff": {"default": 0.3},
@@ -86,9 +87,22 @@ tariff = { default = 0.3 }
         ("[market]\nbid_window_ms = 1.5", "market.bid_window_ms", "1.5", "an integer"),
         ('[serving]\ndevice = "tpu"', "serving.device", '"tpu"', 'one of "auto", "cpu", "cuda"'),
         ("[serving]\nmax_batch = true", "serving.max_batch", "true", "an integer"),
-        ("[gateway]\nport = 70000", "gateway.port", "70000", "between 1 and 65535"),
+        ("[gateway]\nport = 70000", "gateway.port", "70000", "between 0 and 65535"),
         ('[chain]\nrpc_url = "ftp://x"', "chain.rpc_url", '"ftp://x"', "an http(s)://"),
-        ('[market]\ncurrency_token = "0x12"', "market.currency_token", '"0x12"', "20-byte hex"),
+        ('[chain]\nrpc_url = "embedded"', "chain.rpc_url", '"embedded"', "no node or buyer can"),
+        ('[chain]\nrpc_url = "ws://h:8546"', "chain.rpc_url", '"ws://h:8546"', "HTTP(S) only"),
+        (
+            '[serving]\nmodels = ["a.gguf", "b.gguf"]',
+            "serving.models",
+            '["a.gguf", "b.gguf"]',
+            'serving.model = "PATH" (one model per node',
+        ),
+        (
+            '[market]\ncurrency_token = "0x12"',
+            "market.currency_token",
+            '"0x12"',
+            "prices are in the deployment's token",
+        ),
         (
             '[network]\nbootstrap = ["/ip4/1.2.3.4/tcp/4001"]',
             "network.bootstrap",
@@ -155,3 +169,275 @@ def test_the_price_floor_has_one_limit_shared_with_the_dashboard() -> None:
     assert ok.market.price_per_1k == MAX_PRICE_PER_1K
     (problem,) = _problems(f"[market]\nprice_per_1k = {10**30}\n")
     assert "market.price_per_1k" in problem and str(MAX_PRICE_PER_1K) in problem
+
+
+# ------------------------------------------- every key of the example is consumed
+#
+# Two checks, on the file `hearth config example` prints (filled in so that it starts):
+#
+# * read: every key is read by the code that starts things from the file, recorded by
+#   wrapping the loaded config in a proxy that notes each attribute read (methods such
+#   as `as_mapping` run against the proxy, so their reads count too);
+# * consumed: changing any one key to another valid value changes what starts (the
+#   node's settings, the buyer's setup, where the gateway binds, what `hearth node
+#   status` shows). Reading a key and ignoring it fails this one.
+#
+# Neither can pass vacuously: the keys come from the example's text (parsed by tomllib,
+# not from the schema), the set read must equal them exactly, a buyer must be seen
+# *not* to read node-only keys, the baseline must be reproducible (so a difference is
+# not noise), each changed file must still be valid and start (so a difference is not
+# a refusal), and the table of changes must cover exactly the example's keys.
+
+PASSPHRASE = "correct horse battery staple"
+RPC = "http://127.0.0.1:8545"
+PEER = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+
+
+def _deployment(path: Path, chain_id: int) -> None:
+    from market.chain.deployment import Deployment
+
+    addr = "0x" + "11" * 20
+    Deployment(
+        chain_id=chain_id,
+        payment_hub=addr,
+        provider_registry=addr,
+        token=addr,
+        token_symbol="hUSD",
+        token_decimals=6,
+        deployer=addr,
+        treasury=addr,
+        arbiter=addr,
+        block_number=1,
+        fee_bps=100,
+        withdrawal_delay_s=3600,
+        min_stake=1,
+        unbonding_delay_s=60,
+    ).save(path)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home folder with what the example's defaults point at: ~/.hearth/deployment.json
+    and ~/.hearth/keystore (and a second deployment, keystore and model to switch to)."""
+    from market.identity import init_keystore
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HEARTH_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("OTHER_PASSPHRASE", "not the passphrase")
+    hearth = tmp_path / ".hearth"
+    hearth.mkdir()
+    _deployment(hearth / "deployment.json", chain_id=31337)
+    _deployment(tmp_path / "other-deployment.json", chain_id=1)
+    init_keystore(hearth / "keystore", PASSPHRASE, scrypt_n=2)
+    init_keystore(tmp_path / "other-keystore", PASSPHRASE, scrypt_n=2)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "model.gguf").write_bytes(b"")
+    return tmp_path
+
+
+def _set(text: str, dotted: str, value: str) -> str:
+    """``text`` with the line of ``dotted`` (in its section) set to the TOML ``value``."""
+    import re
+
+    section, key = dotted.split(".")
+    head, body = text.split(f"\n[{section}]\n")
+    body, n = re.subn(rf"(?m)^{key} = .*$", lambda _: f"{key} = {value}", body, count=1)
+    assert n == 1, dotted
+    return f"{head}\n[{section}]\n{body}"
+
+
+def _ready_example() -> str:
+    return _set(example_config(), "chain.rpc_url", f'"{RPC}"')
+
+
+def _example_keys() -> set[str]:
+    data = tomllib.loads(example_config())
+    return {f"{section}.{key}" for section, table in data.items() for key in table}
+
+
+def _plain(value: object) -> object:
+    """Settings as plain data to compare (an identity by its peer id)."""
+    from market.identity import Identity
+
+    if isinstance(value, Identity):
+        return value.peer_id
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, int | float | str | bool | None) else str(value)
+
+
+def _starts(path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """What starts from the config at ``path``, seen by each consumer of hearth.toml:
+    `hearth node` (up to run_node), the SDK's load_buyer (behind every buyer command),
+    `hearth gateway` (up to binding) and `hearth node status`."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import market.gateway
+    import p2pnode.node.runtime
+    from market.sdk.connect import load_buyer
+    from p2pnode.cli.app import app
+
+    runner = CliRunner()
+    out: dict[str, object] = {}
+    started: list[object] = []
+
+    async def run_node(settings: object) -> None:
+        started.append(settings)
+
+    monkeypatch.setattr(p2pnode.node.runtime, "run_node", run_node)
+    result = runner.invoke(app, ["node", "--config", str(path)])
+    out["node"] = _plain(started[0]) if started else f"refused: {result.output}"
+    out["node output"] = result.output
+    try:
+        out["buyer"] = _plain(load_buyer(path))
+    except Exception as exc:  # the refusal is the outcome
+        out["buyer"] = f"refused: {exc}"
+    bound: list[tuple[str, int]] = []
+
+    def listen(host: str, port: int) -> object:
+        bound.append((host, port))
+        raise market.gateway.GatewayBindError("stop before serving")
+
+    monkeypatch.setattr(market.gateway, "listen", listen)
+    result = runner.invoke(app, ["gateway", "--config", str(path)])
+    out["gateway"] = bound or f"refused: {result.output}"
+    result = runner.invoke(app, ["node", "status", "--config", str(path), "--json"])
+    out["status"] = json.loads(result.output)["name"] if result.exit_code == 0 else result.output
+    return out
+
+
+class _Reads:
+    """A read-only view of a config (or one section) noting each key read into ``seen``."""
+
+    def __init__(self, target: object, seen: set[str], prefix: str = "") -> None:
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_seen", seen)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def __getattr__(self, name: str) -> object:
+        import types
+
+        target = object.__getattribute__(self, "_target")
+        seen = object.__getattribute__(self, "_seen")
+        prefix = object.__getattribute__(self, "_prefix")
+        fields = {f.name for f in dataclasses.fields(target)}  # type: ignore[arg-type]
+        if name not in fields:  # a method: run it against this view, so its reads count
+            attr = getattr(type(target), name)
+            if not callable(attr):
+                raise AttributeError(name)
+            return types.MethodType(attr, self)
+        value = getattr(target, name)
+        if not prefix:  # HearthConfig: a section
+            return _Reads(value, seen, name)
+        seen.add(f"{prefix}.{name}")
+        return value
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch, seen: set[str]) -> None:
+    import market.config
+
+    def recorded(path: object = None) -> object:
+        return _Reads(load_config(path), seen)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(market.config, "load_config", recorded)
+
+
+def test_every_key_of_the_example_is_read(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = _example_keys()
+    schema = {
+        f"{s.name}.{f.name}"
+        for s in dataclasses.fields(HearthConfig)
+        for f in dataclasses.fields(getattr(HearthConfig(), s.name))
+    }
+    assert keys == schema and len(keys) > 30
+    path = tmp_path / "hearth.toml"
+    path.write_text(_ready_example())
+
+    from market.sdk.connect import load_buyer
+
+    buyer: set[str] = set()
+    _recording(monkeypatch, buyer)
+    load_buyer(path)
+    # The view records what is read, not everything: a buyer reads no engine or power key.
+    assert buyer and not buyer & {"serving.device", "serving.max_batch", "power.governor"}
+    assert "chain.rpc_url" in buyer and "market.bid_window_ms" in buyer
+
+    seen: set[str] = set()
+    _recording(monkeypatch, seen)
+    starts = _starts(path, monkeypatch)
+    assert all("refused" not in str(v) for v in starts.values()), starts
+    assert sorted(keys - seen) == [], "documented in `hearth config example` but never read"
+    assert seen <= keys
+
+
+# Each key of the example, and another valid value for it (TOML), that must change what
+# starts. A new key fails the coverage assertion below until it is given one here.
+CHANGES = {
+    "node.data_dir": '"{home}/elsewhere"',
+    "node.name": '"attic"',
+    "node.region": '"us-west"',
+    "identity.keystore": '"{home}/other-keystore"',
+    "identity.passphrase_env": '"OTHER_PASSPHRASE"',  # holds a wrong one: refused
+    "network.listen": '["/ip4/127.0.0.1/tcp/4002"]',
+    "network.announce": '["/ip4/203.0.113.5/tcp/4001"]',
+    "network.bootstrap": f'["/ip4/198.51.100.1/tcp/4001/p2p/{PEER}"]',
+    "network.peer_cache": '"{home}/peers-elsewhere.json"',
+    "market.price_per_1k": "5",
+    "market.margin": "0.5",
+    "market.electricity_price_per_kwh": "0.5",
+    "market.power_draw_w": "500",
+    "market.chunk_tokens": "8",
+    "market.credit_chunks": "2",
+    "market.bid_window_ms": "500",
+    "serving.model": '"{home}/model.gguf"',
+    "serving.device": '"cpu"',
+    "serving.max_batch": "4",
+    "serving.kv_cache_mb": "512",
+    "serving.pack_weights": "false",
+    "chain.rpc_url": '"http://127.0.0.1:9545"',
+    "chain.deployment": '"{home}/other-deployment.json"',
+    "chain.redeem_min_gas_multiple": "20.0",
+    "power.governor": "{ throttle_below_w = 4000 }",
+    "power.tariff": "{ default = 0.3 }",
+    "power.span": '{ host = "panel.local" }',
+    "power.demand_response": '{ file = "/run/hearth/dr.json" }',
+    "power.override": '{ file = "/run/hearth/override" }',
+    "gateway.host": '"0.0.0.0"',
+    "gateway.port": "8123",
+    "dashboard.port": "0",
+    "dashboard.token": '"a-token-of-16-chars"',
+}
+REFUSES = {"identity.passphrase_env": "wrong passphrase for the keystore"}
+
+
+def test_every_key_of_the_example_changes_what_starts(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(CHANGES) == _example_keys()
+    path = tmp_path / "hearth.toml"
+    path.write_text(_ready_example())
+    baseline = _starts(path, monkeypatch)
+    assert all("refused" not in str(v) for v in baseline.values()), baseline
+    assert _starts(path, monkeypatch) == baseline  # reproducible: a difference is the key's
+    unchanged = []
+    for dotted, value in CHANGES.items():
+        text = _set(_ready_example(), dotted, value.replace("{home}", str(home)))
+        assert parse_config(text) != parse_config(_ready_example()), dotted  # valid, different
+        path.write_text(text)
+        now = _starts(path, monkeypatch)
+        refused = {k: v for k, v in now.items() if "refused" in str(v)}
+        if dotted in REFUSES:
+            assert refused and all(REFUSES[dotted] in str(v) for v in refused.values()), now
+        else:
+            assert not refused, (dotted, refused)
+        if now == baseline:
+            unchanged.append(dotted)
+    assert unchanged == [], "read, but changing it changes nothing that starts"

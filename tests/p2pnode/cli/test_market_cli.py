@@ -44,11 +44,14 @@ def test_invalid_config_names_key_value_and_expectation(tmp_path: Path) -> None:
     assert "rpc_uri" in out and "rpc_url" in out  # did-you-mean
 
 
-def test_embedded_chain_is_refused_for_a_shared_market(tmp_path: Path) -> None:
+def test_embedded_chain_is_refused_by_check_and_commands_alike(tmp_path: Path) -> None:
     cfg = tmp_path / "hearth.toml"
     cfg.write_text('[chain]\nrpc_url = "embedded"\n[identity]\nkeystore = "/nonexistent"\n')
-    code, out = run("submit", "hi", "--config", str(cfg))
-    assert code == 2 and "embedded" in out and "RPC URL" in out
+    code, checked = run("config", "check", str(cfg))
+    assert code == 2 and 'chain.rpc_url = "embedded"' in checked and "no node or buyer" in checked
+    for command in (("submit", "hi"), ("node",), ("balance",)):
+        code, out = run(*command, "--config", str(cfg))
+        assert code == 2 and out == checked, command  # the same words as `config check`
 
 
 @pytest.mark.parametrize("amount", ["abc", "-3", "0", "nan", "inf"])
