@@ -1,4 +1,4 @@
-"""The one percentile every reported p50/p95 uses.
+"""The percentile for every reported p50/p95: one definition, stated once.
 
 :func:`percentile` is **linear interpolation between closest ranks**: the definition
 numpy's ``percentile``/``quantile`` use by default (``method="linear"``, Hyndman & Fan
@@ -10,10 +10,10 @@ values ``x[0] ≤ … ≤ x[n-1]``, the ``q``-quantile sits at position ``h = q�
 so ``q = 0`` is the minimum, ``q = 1`` the maximum, ``q = 0.5`` the median, and a p95
 of 20 samples lies 5 % of the way from the 19th value towards the 20th.
 
-The simulator (``hearth sim``, ``hearth bench sim-scaling``) and ``hearth bench
-market`` report their percentiles through it, so the p50s and p95s of
-``whitepaper.md`` mean one thing. It imports nothing from the project, so any layer
-may use it.
+The simulator (``hearth sim``) and ``hearth bench market`` report their percentiles
+through it; ``hearth bench serving`` and ``hearth bench net`` have their own helpers
+still (whitepaper §9 says how they differ). It imports nothing from the project, so
+any layer may use it.
 """
 
 from __future__ import annotations

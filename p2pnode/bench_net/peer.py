@@ -1,20 +1,22 @@
-"""A scriptable node process for multi-process tests and ``hearth bench net``.
+"""The node process that ``hearth bench net`` runs: a real hardened host on JSON lines.
 
-Run ``python -m p2pnode.net._testpeer --bootstrap ADDR [--model HEX ...]``. It starts a
-real hardened host, prints one JSON line ``{"event": "ready", "peer_id", "addrs"}`` and
-then answers JSON-line commands on stdin, one JSON line each on stdout::
+Run ``python -m p2pnode.bench_net.peer --bootstrap ADDR [--model HEX ...] [--bench]``.
+It starts a real hardened host, prints one JSON line
+``{"event": "ready", "peer_id", "addrs"}`` and then answers JSON-line commands on stdin,
+one JSON line each on stdout (:class:`~p2pnode.bench_net.procs.PeerProcess` drives it)::
 
-    {"cmd": "info"} {"cmd": "publish_offer"} {"cmd": "publish_rfq", "model": HEX}
-    {"cmd": "received"} {"cmd": "trade", "peer": ID, "model": HEX, "chunks": N}
-    {"cmd": "find", "model": HEX} {"cmd": "connect", "addr": A} {"cmd": "stats"}
+    {"cmd": "trade", "peer": ID, "model": HEX, "chunks": N} {"cmd": "connect", "addr": A}
+    {"cmd": "mesh", "topic": T} {"cmd": "stats"} {"cmd": "rss"}
     {"cmd": "bench_publish", "count": N, "rate": R, "size": B} {"cmd": "bench_results"}
     {"cmd": "quit"}
 
-Every peer subscribes to the offers topic; with ``--model`` it is a provider: it
-subscribes to that model's RFQ topic, announces the model (DHT + rendezvous) and serves
-the trade protocol (RFQ → Bid → Award → Accept → Prompt → TokenChunk… → EndOfStream,
-every message sealed). ``/hearth/test/drip/1`` streams a chunk every 0.2 s forever (for
-the SIGSTOP/SIGKILL tests). This module is test tooling, not part of the node.
+Every peer subscribes to the offers topic, as a node does; with ``--model`` it is a
+provider: it subscribes to that model's RFQ topic, announces the model (DHT +
+rendezvous) and serves the trade protocol (RFQ → Bid → Award → Accept → Prompt →
+TokenChunk… → EndOfStream, every message sealed), which the bench times as stream
+throughput; with ``--bench`` it joins the bench topic. The multi-process tests run a
+subclass with more commands (``tests/p2pnode/net/scripted_peer.py``). This is bench
+tooling, not part of the node.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from p2pnode.net.host import NodeNet, open_node_host
 from p2pnode.net.pubsub import GossipMessage, offers_topic, rfq_topic
 
 TRADE = "/hearth/test/trade/1"
-DRIP = "/hearth/test/drip/1"
 BENCH_TOPIC = "/hearth/1/bench"
 _ADDR = bytes(20)
 _HASH = bytes(32)
@@ -144,14 +145,6 @@ class Peer:
         await fs.send(self.seal(eos))
         await fs.send_end()
 
-    async def serve_drip(self, fs: FramedStream) -> None:
-        await fs.receive(timeout=10)
-        seq = 0
-        while True:
-            await fs.send(struct.pack(">I", seq) + b"x" * 64)
-            seq += 1
-            await trio.sleep(0.2)
-
     # -- commands ----------------------------------------------------------------------
     async def trade(self, peer: str, model: str, chunks: int) -> dict[str, Any]:
         from market.protocol.messages import (
@@ -212,68 +205,22 @@ class Peer:
             "seconds": time.perf_counter() - t0,
         }
 
-    async def publish_offer(self) -> None:
-        from market.protocol.messages import ModelOffer, Offer
-
-        offer = Offer(
-            provider=self.net.peer_id,
-            provider_address=_ADDR,
-            region="test",
-            power_state="normal",
-            load=0.0,
-            gpus=(),
-            models=tuple(
-                ModelOffer(model_id=m, name="m", price_per_1k=1000, max_context=2048)
-                for m in self.models
-            ),
-            ttl_s=60,
-        )
-        await self.net.publish(offers_topic(), self.seal(offer))
-
-    async def publish_rfq(self, model: str, job_hex: str) -> None:
-        from market.protocol.messages import Rfq
-
-        rfq = Rfq(
-            job_id=bytes.fromhex(job_hex),
-            buyer=self.net.peer_id,
-            buyer_address=_ADDR,
-            model_id=model,
-            prompt_tokens=10,
-            max_tokens=16,
-            max_price_per_1k=5000,
-            region="",
-            bid_window_ms=1000,
-        )
-        await self.net.publish(rfq_topic(model), self.seal(rfq))
-
     async def bench_publish(self, req: dict[str, Any]) -> int:
         async def send(data: bytes) -> None:
             await self.net.publish(BENCH_TOPIC, data)
 
         return await bench_publish_schedule(send, req)
 
+    def install(self, net: NodeNet) -> None:
+        """Serve this peer's stream protocols on ``net``."""
+        net.set_handler(TRADE, self.serve_trade)
+
     async def handle(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Answer one JSON-line command."""
         cmd = req.get("cmd")
         net = self.net
-        if cmd == "info":
-            return {"peer_id": net.peer_id, "addrs": net.addrs, "peers": net.connected_peers()}
-        if cmd == "publish_offer":
-            await self.publish_offer()
-            return {}
-        if cmd == "publish_rfq":
-            await self.publish_rfq(req["model"], req["job"])
-            return {}
-        if cmd == "publish_raw":
-            await net.publish(req["topic"], bytes.fromhex(req["hex"]))
-            return {}
-        if cmd == "received":
-            return {"offers": sorted(set(self.offers)), "rfqs": sorted(self.rfqs)}
         if cmd == "trade":
             return await self.trade(req["peer"], req["model"], int(req.get("chunks", 8)))
-        if cmd == "connect_providers":
-            return {"connected": await net.connect_providers(req["model"])}
-        if cmd == "find":
-            return {"providers": await net.find_providers(req["model"])}
         if cmd == "connect":
             return {"peer": await net.connect(req["addr"])}
         if cmd == "mesh":
@@ -338,7 +285,7 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
                 yield line
 
 
-async def main(args: argparse.Namespace) -> None:
+async def main(args: argparse.Namespace, peer_class: type[Peer] = Peer) -> None:
     from libp2p.crypto.ed25519 import create_new_key_pair
 
     seed = bytes.fromhex(args.seed) if args.seed else os.urandom(32)
@@ -352,9 +299,8 @@ async def main(args: argparse.Namespace) -> None:
         target_peers=args.target_peers,
     )
     async with open_node_host(create_new_key_pair(seed), cfg) as net:
-        peer = Peer(net, seed, args.model)
-        net.set_handler(TRADE, peer.serve_trade)
-        net.set_handler(DRIP, peer.serve_drip)
+        peer = peer_class(net, seed, args.model)
+        peer.install(net)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 peer.consume_offers, await net.subscribe(offers_topic(), offer_check())
@@ -383,8 +329,9 @@ async def main(args: argparse.Namespace) -> None:
             nursery.cancel_scope.cancel()
 
 
-def cli() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def cli(peer_class: type[Peer] = Peer, description: str | None = __doc__) -> None:
+    """Parse the flags and run ``peer_class`` until ``quit``."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--listen", action="append", default=[])
     p.add_argument("--announce", action="append", default=[])
     p.add_argument("--bootstrap", action="append", default=[])
@@ -402,7 +349,7 @@ def cli() -> None:
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     if not args.listen:
         args.listen = ["/ip4/127.0.0.1/tcp/0"]
-    trio.run(main, args)
+    trio.run(main, args, peer_class)
 
 
 if __name__ == "__main__":

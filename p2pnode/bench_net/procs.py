@@ -1,4 +1,4 @@
-"""Spawn and drive node processes (test peers, bootstraps) over JSON lines.
+"""Spawn and drive node processes (bench peers, bootstraps) over JSON lines.
 
 Used by the multi-process tests and ``hearth bench net``. Each :class:`PeerProcess`
 owns one child: it waits for the child's ``{"event": "ready", …}`` line, sends JSON
@@ -32,7 +32,7 @@ def stop_all(procs: list[PeerProcess | None]) -> None:
 
 
 class PeerProcess:
-    """One child process speaking the JSON-line protocol of ``_testpeer``."""
+    """One child process speaking the JSON-line protocol of :mod:`p2pnode.bench_net.peer`."""
 
     def __init__(
         self,
@@ -165,8 +165,8 @@ class PeerProcess:
 
 
 def spawn_peer(bootstrap: list[str], *extra: str, **kw: Any) -> PeerProcess:
-    """Start a ``_testpeer`` joined to ``bootstrap``."""
-    argv = [sys.executable, "-m", "p2pnode.net._testpeer"]
+    """Start a bench peer (:mod:`p2pnode.bench_net.peer`) joined to ``bootstrap``."""
+    argv = [sys.executable, "-m", "p2pnode.bench_net.peer"]
     for b in bootstrap:
         argv += ["--bootstrap", b]
     return PeerProcess(argv + list(extra), **kw)

@@ -1,6 +1,6 @@
 """Baseline for ``hearth bench net``: stock py-libp2p pubsub, tuned, *without* our layer.
 
-Same JSON-line protocol as ``_testpeer`` for the bench commands (``mesh``,
+Same JSON-line protocol as :mod:`p2pnode.bench_net.peer` for the bench commands (``mesh``,
 ``connect_many``, ``bench_publish``, ``bench_results``, ``rss``, ``quit``). The router
 is configured as measured in the field notes (GossipSub v1.1, D=6/4/12, 1 s heartbeat);
 nothing is hardened. The bench runs both and reports our latency against this one,
@@ -25,7 +25,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2pnode.net._testpeer import (
+from p2pnode.bench_net.peer import (
     BENCH_TOPIC,
     _cpu_s,
     _emit,

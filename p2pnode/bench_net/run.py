@@ -2,10 +2,11 @@
 
 Two phases in one run, on the same machine at the same moment:
 
-1. **baseline** — ``procs`` stock py-libp2p processes (``_rawpeer``: GossipSub v1.1 tuned
-   as in the field notes, nothing hardened), each dialling up to 8 earlier ones;
-2. **hearth** — one bootstrap and ``procs`` hardened ``_testpeer`` processes that find
-   each other by rendezvous, as real nodes do.
+1. **baseline** — ``procs`` stock py-libp2p processes (:mod:`~p2pnode.bench_net.rawpeer`:
+   GossipSub v1.1 tuned as in the field notes, nothing hardened), each dialling up to 8
+   earlier ones;
+2. **hearth** — one bootstrap and ``procs`` hardened :mod:`~p2pnode.bench_net.peer`
+   processes that find each other by rendezvous, as real nodes do.
 
 In each, once every peer has a mesh of ≥ 4 (or procs − 1), a **warm-up** of at least
 ``warmup`` seconds (default :data:`WARMUP_S`), extended while the peers together still
@@ -43,7 +44,7 @@ import sys
 import time
 from typing import Any
 
-from p2pnode.net.procs import PeerProcess, spawn_bootstrap, spawn_peer, stop_all
+from p2pnode.bench_net.procs import PeerProcess, spawn_bootstrap, spawn_peer, stop_all
 
 __all__ = ["print_table", "run_bench"]
 
@@ -170,7 +171,7 @@ def run_baseline(
     try:
         t0 = time.perf_counter()
         for _ in range(procs):
-            argv = [sys.executable, "-m", "p2pnode.net._rawpeer"]
+            argv = [sys.executable, "-m", "p2pnode.bench_net.rawpeer"]
             peers.append(PeerProcess(argv, wait=False))
         for p in peers:
             p.wait_ready()

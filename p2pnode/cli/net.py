@@ -24,7 +24,7 @@ def bench_net_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Gossip latency/delivery, mesh formation, RSS and stream throughput on loopback."""
-    from p2pnode.net.bench import print_table, run_bench
+    from p2pnode.bench_net import print_table, run_bench
 
     try:
         result = run_bench(procs=procs, rate=rate, seconds=seconds, size=size, baseline=baseline)

@@ -1,7 +1,8 @@
 """A module-scoped loopback swarm: one bootstrap and nine node processes.
 
 Peers 0-2 provide model A, 3-5 provide model B, 6-8 provide nothing (buyers). All are
-real ``p2pnode.net._testpeer`` processes; every one is stopped by PID in ``finally``.
+real scripted peer processes (:mod:`tests.p2pnode.net.scripted_peer`); every one is
+stopped by PID in ``finally``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from p2pnode.net.procs import PeerProcess, spawn_bootstrap, spawn_peer, stop_all
+from p2pnode.bench_net.procs import PeerProcess, spawn_bootstrap, stop_all
+from tests.p2pnode.net.scripted_peer import spawn_peer
 
 MODEL_A = "a1" * 32
 MODEL_B = "b2" * 32

@@ -1,6 +1,6 @@
 """A hostile peer process for the robustness tests: garbage on every protocol.
 
-``python -m p2pnode.net._hostile --target ADDR [--target ADDR …]`` connects to each
+``python -m tests.p2pnode.net.hostile_peer --target ADDR [--target ADDR …]`` connects to each
 target with a stock py-libp2p host and, on every protocol the target speaks (learned via
 identify, plus a fixed list), sends: random bytes, an undecodable protobuf frame, an
 oversize length prefix, and on ``/meshsub/*`` also forged messages — an RSA-style

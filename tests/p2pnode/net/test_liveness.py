@@ -10,8 +10,9 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
+from p2pnode.bench_net.procs import PeerProcess
 from p2pnode.net import NetConfig, PeerTimeout, StreamBroken, open_node_host
-from p2pnode.net.procs import PeerProcess, spawn_peer
+from tests.p2pnode.net.scripted_peer import spawn_peer
 
 DRIP = "/hearth/test/drip/1"
 

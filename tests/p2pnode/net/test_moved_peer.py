@@ -16,9 +16,10 @@ from pathlib import Path
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
+from p2pnode.bench_net.procs import PeerProcess, spawn_bootstrap, stop_all
 from p2pnode.net import NetConfig, NetError, open_node_host
 from p2pnode.net.peercache import PeerCache
-from p2pnode.net.procs import PeerProcess, spawn_bootstrap, spawn_peer, stop_all
+from tests.p2pnode.net.scripted_peer import spawn_peer
 
 MODEL = "c3" * 32
 TRADE = "/hearth/test/trade/1"

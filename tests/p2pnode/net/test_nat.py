@@ -15,12 +15,12 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from p2pnode.net.procs import PeerProcess, spawn_bootstrap, spawn_peer, stop_all
+from p2pnode.bench_net.procs import PeerProcess, spawn_bootstrap, stop_all
+from tests.p2pnode.net.scripted_peer import child_env, peer_argv, spawn_peer
 
 MODEL = "d4" * 32
 
@@ -68,11 +68,12 @@ def test_provider_behind_nat_reachable_only_through_relay(
         provider = PeerProcess(
             [
                 "ip", "netns", "exec", ns,
-                sys.executable, "-m", "p2pnode.net._testpeer",
+                *peer_argv(),
                 "--listen", "/ip4/127.0.0.1/tcp/0",  # the namespace's own loopback
                 "--bootstrap", boot_veth,
                 "--relay", "reserve", "--model", MODEL, "--target-peers", "0",
-            ]
+            ],
+            env=child_env(),
         )  # fmt: skip
         procs.append(provider)
         buyer = spawn_peer([boot.addr], "--target-peers", "0")

@@ -10,6 +10,7 @@ import sys
 import urllib.request
 
 from tests.p2pnode.net.conftest import MODEL_A, MODEL_B, Swarm, wait_until
+from tests.p2pnode.net.scripted_peer import child_env
 
 
 def test_peers_discover_each_other(swarm: Swarm) -> None:
@@ -105,12 +106,13 @@ def test_hostile_peer_cannot_crash_or_stall_the_swarm(swarm: Swarm) -> None:
         [
             sys.executable,
             "-m",
-            "p2pnode.net._hostile",
+            "tests.p2pnode.net.hostile_peer",
             *[a for t in targets for a in ("--target", t)],
         ],
         capture_output=True,
         text=True,
         timeout=150,
+        env=child_env(),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
