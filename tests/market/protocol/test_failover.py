@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from market.protocol.messages import Award, Prompt, cost_of
-from market.sim.link import FakeLink, Fault, ProviderSpec
+from tests.market.protocol.fake_link import FakeLink, Fault, ProviderSpec
 
 
 def cheap(name: str, fault: Fault | None = None) -> ProviderSpec:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from market.protocol.commitment import ChainVerifier
 from market.protocol.messages import Bid, TokenChunk, Voucher, cost_of
 from market.protocol.provider import ProviderConfig
-from market.sim.link import FakeLink, Fault, ProviderSpec, token_at
+from tests.market.protocol.fake_link import FakeLink, Fault, ProviderSpec, token_at
 
 
 def test_whole_job_best_bid_wins_and_is_paid_exactly() -> None:
