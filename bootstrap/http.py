@@ -90,7 +90,7 @@ def create_http_app(net: NodeNet, started: float | None = None) -> Starlette:
     """The ``/health`` and ``/metrics`` app for ``net`` (``started``: epoch seconds)."""
     started = time.time() if started is None else started
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(BootstrapCollector(net, started))  # type: ignore[arg-type]
+    registry.register(BootstrapCollector(net, started))
 
     async def health(request: Request) -> Response:
         return JSONResponse(
