@@ -10,12 +10,23 @@ Public API (what the node, the SDK's local baseline and the benchmarks call)::
             ...
         logprobs = await engine.score(prompt_ids, completion_ids)
 
-Parts: :mod:`.scheduler` (torch-free step decisions), :mod:`.kv_manager` (slots and
-blocks), :mod:`.runner` (the torch side), :mod:`.model` (Llama family),
-:mod:`.loader` (GGUF / Hugging Face directories, content addresses),
-:mod:`.tokenizer`, :mod:`.engine` (thread loop + trio API) and
-:mod:`.openai_http` (fronting an OpenAI-compatible server).
+Parts, by role (vLLM v1 is the model): :mod:`.engine` (the async API, on trio),
+:mod:`.input_processor` (validation, chat template, tokenisation; off the event
+loop), :mod:`.core` (the thread that owns every torch call and steps: schedule →
+execute → update), :mod:`.output_processor` (detokenising, stop strings, logprobs);
+under the core :mod:`.scheduler` (torch-free step decisions), :mod:`.kv_manager` (slots
+and blocks), :mod:`.runner` (the torch side) and :mod:`.model` (Llama family); then
+:mod:`.loader` (GGUF / Hugging Face directories, content addresses), :mod:`.tokenizer`
+and :mod:`.openai_http` (fronting an OpenAI-compatible server).
+
+The names backed by torch (``Engine``, ``load_model`` …) are imported on first use, so
+``import p2pnode.serving.scheduler`` (or the request types) does not load torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from p2pnode.serving.api import (
     BadRequestError,
@@ -26,9 +37,12 @@ from p2pnode.serving.api import (
     ServingBackend,
     TokenLogprob,
 )
-from p2pnode.serving.engine import Engine, EngineStats
-from p2pnode.serving.loader import LoadedModel, ModelLoadError, default_model_path, load_model
-from p2pnode.serving.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from p2pnode.serving.core import EngineStats
+    from p2pnode.serving.engine import Engine
+    from p2pnode.serving.loader import LoadedModel, ModelLoadError, default_model_path, load_model
+    from p2pnode.serving.tokenizer import Tokenizer
 
 __all__ = [
     "BadRequestError",
@@ -46,3 +60,26 @@ __all__ = [
     "default_model_path",
     "load_model",
 ]
+
+_LAZY = {
+    "Engine": "p2pnode.serving.engine",
+    "EngineStats": "p2pnode.serving.core",
+    "LoadedModel": "p2pnode.serving.loader",
+    "ModelLoadError": "p2pnode.serving.loader",
+    "default_model_path": "p2pnode.serving.loader",
+    "load_model": "p2pnode.serving.loader",
+    "Tokenizer": "p2pnode.serving.tokenizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -51,6 +51,13 @@ class OpenAIHTTPBackend:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def pause(self, request_id: str) -> bool:
+        """A remote server cannot be paused: False (the node holds the chunks back)."""
+        return False
+
+    def resume(self, request_id: str) -> bool:
+        return False
+
     def _body(self, r: GenerationRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "model": self.model,

@@ -14,10 +14,16 @@ One engine step is *schedule → execute → update* (vLLM v1):
    reports finished sequences (``max_tokens`` reached, end-of-sequence, or the slot is
    full).
 
-When a running sequence needs a block and none is free, the most recently admitted
-running sequence is **preempted**: its blocks are released and it goes back to the
-front of the queue to be recomputed from its prompt plus everything it generated so
-far (recompute preemption), so its output is unchanged — only later.
+When a running sequence needs a block and none is free, a running sequence is
+**preempted** — the most recently admitted paused one if any, else the most recently
+admitted one: its blocks are released and it goes back to the front of the queue to be
+recomputed from its prompt plus everything it generated so far (recompute
+preemption), so its output is unchanged — only later.
+
+A **paused** sequence (:meth:`Scheduler.pause`) is never scheduled: a running one
+keeps its slot and its blocks (unless preempted as above) and computes nothing; a
+waiting one is passed over by admission. :meth:`Scheduler.resume` lets it run again
+from where it stopped.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class SeqState:
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # positions whose K/V are in the cache
     preemptions: int = 0
+    paused: bool = False
 
     @property
     def num_tokens(self) -> int:
@@ -96,7 +103,8 @@ class Scheduler:
     # ------------------------------------------------------------------ queries
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        """Whether some sequence may run (paused ones wait for :meth:`resume`)."""
+        return any(not s.paused for s in self.running) or any(not s.paused for s in self.waiting)
 
     def get(self, seq_id: str) -> SeqState | None:
         for s in self.running:
@@ -125,6 +133,22 @@ class Scheduler:
                 return True
         return False
 
+    def pause(self, seq_id: str) -> bool:
+        """Stop scheduling a sequence; it keeps its place and its cache. False if unknown."""
+        seq = self.get(seq_id)
+        if seq is None:
+            return False
+        seq.paused = True
+        return True
+
+    def resume(self, seq_id: str) -> bool:
+        """Schedule a paused sequence again. False if unknown."""
+        seq = self.get(seq_id)
+        if seq is None:
+            return False
+        seq.paused = False
+        return True
+
     def finish(self, seq_id: str) -> None:
         """Retire a sequence the engine decided is done (a stop string matched)."""
         self.abort(seq_id)
@@ -138,11 +162,16 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.paused:
+                i += 1
+                continue
             n = min(seq.num_tokens - seq.num_computed, budget)
             while not self.kv.grow(seq.seq_id, seq.num_computed + n):
                 if seq.num_computed + n > self.kv.max_len:
                     break  # slot full: update() finishes it with "length"
-                victim = self.running[-1]
+                victim = self._victim()
+                if self.running.index(victim) < i:
+                    i -= 1  # a paused one before seq: seq moves down one place
                 self._preempt(victim)
                 preempted = True
                 if victim is seq:
@@ -156,12 +185,13 @@ class Scheduler:
                 budget -= n
             i += 1
         if not preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.max_batch:
-                seq = self.waiting[0]
+            for seq in [s for s in self.waiting if not s.paused]:
+                if budget <= 0 or len(self.running) >= self.max_batch:
+                    break
                 n = min(seq.num_tokens, budget)
                 if not self.kv.can_admit(n):
                     break
-                self.waiting.popleft()
+                self.waiting.remove(seq)
                 self.kv.admit(seq.seq_id, n)
                 self.running.append(seq)
                 plan.append((seq, n))
@@ -182,6 +212,13 @@ class Scheduler:
             )
             self._scheduled[seq.seq_id] = n
         return chunks
+
+    def _victim(self) -> SeqState:
+        """Whom to preempt: the latest admitted paused sequence, else the latest admitted."""
+        for s in reversed(self.running):
+            if s.paused:
+                return s
+        return self.running[-1]
 
     def _preempt(self, seq: SeqState) -> None:
         self.running.remove(seq)

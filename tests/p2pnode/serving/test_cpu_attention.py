@@ -99,8 +99,7 @@ async def test_engine_with_and_without_the_kernel_agree(
         async with Engine(
             smollm, dtype=dtype, max_batch=4, max_model_len=128, attention_kernel=kernel
         ) as engine:
-            assert engine._runner is not None
-            assert (engine._runner.decode_kernel is not None) is kernel
+            assert engine.decode_kernel is kernel
             reqs = [
                 GenerationRequest(
                     prompt=p, max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=True

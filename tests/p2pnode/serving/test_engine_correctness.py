@@ -15,6 +15,8 @@ from p2pnode.serving import (
     GenerationRequest,
     LoadedModel,
 )
+from p2pnode.serving.core import EngineCore
+from p2pnode.serving.device import DevicePlan
 
 PROMPTS = [
     "The capital of France is",
@@ -253,13 +255,13 @@ async def test_build_runs_on_the_loop_thread_and_failures_reach_start(
     with trio.move_on_after(0.01):  # cancelled while building: the thread stops by itself
         await Engine(smollm).start()
     built_on: list[threading.Thread] = []
-    build = Engine._build
+    build = EngineCore.build
 
-    def spy(self: Engine) -> None:
+    def spy(self: EngineCore) -> DevicePlan:
         built_on.append(threading.current_thread())
-        build(self)
+        return build(self)
 
-    monkeypatch.setattr(Engine, "_build", spy)
+    monkeypatch.setattr(EngineCore, "build", spy)
     engine = Engine(smollm, max_batch=2, max_model_len=64)
     async with engine:
         assert built_on == [engine._thread]  # one thread for every torch call (OpenMP)
