@@ -416,9 +416,11 @@ class _JobSession:
                     self.events_in.send_nowait(PeerDisconnected(peer=self.fs.peer_id))
             elif isinstance(action, StartGeneration):
                 self.nursery.start_soon(self._generate, action)
-            elif isinstance(action, PauseGeneration):
-                self.running = trio.Event()
+            elif isinstance(action, PauseGeneration):  # the engine stops stepping it
+                self.running = trio.Event()  # (and chunks already made wait here)
+                svc.engine.pause(action.job_id.hex())
             elif isinstance(action, ResumeGeneration):
+                svc.engine.resume(action.job_id.hex())
                 self.running.set()
             elif isinstance(action, StopGeneration):
                 if self.generation is not None:
