@@ -1,11 +1,12 @@
-"""From ``hearth.toml`` to a node's settings (the buyer's side is :mod:`market.sdk.connect`)."""
+"""From ``hearth.toml`` to a node's settings (the buyer's side is :mod:`market.sdk.connect`;
+what both use is :mod:`market.settings`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from market.sdk.connect import config_at, deployment_of, identity_of, net_config_of
+from market.settings import config_at, deployment_of, identity_of, net_config_of
 
 __all__ = ["load_node_settings"]
 
