@@ -268,7 +268,8 @@ class ChainSection:
         "JSON-RPC URL of the chain the market settles on, the same for every node and buyer.",
         check=_rpc,
         expect='an http(s):// URL, or "" while not filled in',
-        fill_in='your market\'s chain, e.g. "http://127.0.0.1:8545" for an anvil on this machine',
+        fill_in="the JSON-RPC URL of your market's chain, e.g. "
+        '"http://127.0.0.1:8545" for an anvil on this machine',
     )
     deployment: str = setting(
         "~/.hearth/deployment.json",
@@ -571,7 +572,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> HearthConfig:
 def _fill_in(section: str, key: str) -> str:
     cls = typing.get_type_hints(HearthConfig)[section]
     meta = {f.name: f.metadata for f in dataclasses.fields(cls)}[key]
-    return f"filled in: {meta['fill_in']}"
+    return f"{meta['fill_in']} (fill it in)"
 
 
 def unready(cfg: HearthConfig, role: str = "node") -> list[ConfigProblem]:
@@ -649,10 +650,16 @@ def example_config() -> str:
     defaults = HearthConfig()
     hints = typing.get_type_hints(HearthConfig)
     fill = [
-        f"#   {sec.name}.{f.name}: {f.metadata['fill_in']}"
+        line
         for sec in dataclasses.fields(HearthConfig)
         for f in dataclasses.fields(hints[sec.name])
         if f.metadata["fill_in"]
+        for line in textwrap.wrap(
+            f"{sec.name}.{f.name}: {f.metadata['fill_in']};",
+            88,
+            initial_indent="#    ",
+            subsequent_indent="#      ",
+        )
     ]
     lines = [
         "# hearth.toml — configuration of a Hearth node, buyer or gateway.",

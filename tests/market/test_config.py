@@ -441,3 +441,75 @@ def test_every_key_of_the_example_changes_what_starts(
         if now == baseline:
             unchanged.append(dotted)
     assert unchanged == [], "read, but changing it changes nothing that starts"
+
+
+def test_the_example_says_what_to_fill_in_and_check_agrees_with_the_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As printed, the example cannot start a node, and says so the same way in the file,
+    in `hearth config check` and in `hearth node` / buyer commands; filled in, it starts."""
+    from typer.testing import CliRunner
+
+    import p2pnode.node.runtime
+    from market.identity import init_keystore
+    from p2pnode.cli.app import app
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HEARTH_PASSPHRASE", PASSPHRASE)
+    runner = CliRunner()
+    path = tmp_path / "hearth.toml"
+    path.write_text(runner.invoke(app, ["config", "example"]).output)
+    text = path.read_text()
+    assert "# FILL IN: the JSON-RPC URL of your market's chain" in text and 'rpc_url = ""' in text
+
+    checked = runner.invoke(app, ["config", "check", str(path)])
+    assert checked.exit_code == 0 and "is valid, but not ready yet" in checked.output
+    todo = [ln for ln in checked.output.splitlines() if ln.startswith("  - ")]
+    assert [ln.split()[1].rstrip(":") for ln in todo] == [
+        "chain.rpc_url",
+        "chain.deployment",
+        "identity.keystore",
+    ]
+    assert "hearth chain deploy" in todo[1] and "hearth identity init" in todo[2]
+    for command in (["node"], ["balance"], ["node", "redeem"], ["unlock"]):
+        refused = runner.invoke(app, [*command, "--config", str(path)])
+        assert refused.exit_code == 2, command
+        assert [ln for ln in refused.output.splitlines() if ln.startswith("  - ")] == todo
+
+    # Fill in what it asked for: the node starts (up to the point where it dials the chain).
+    path.write_text(_set(text, "chain.rpc_url", f'"{RPC}"'))
+    (tmp_path / ".hearth").mkdir()
+    _deployment(tmp_path / ".hearth" / "deployment.json", chain_id=31337)
+    init_keystore(tmp_path / ".hearth" / "keystore", PASSPHRASE, scrypt_n=2)
+    checked = runner.invoke(app, ["config", "check", str(path)])
+    assert checked.exit_code == 0 and "is valid and ready" in checked.output
+    started: list[object] = []
+
+    async def run_node(settings: object) -> None:
+        started.append(settings)
+
+    monkeypatch.setattr(p2pnode.node.runtime, "run_node", run_node)
+    result = runner.invoke(app, ["node", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    (settings,) = started
+    assert settings.rpc_url == RPC and settings.model_path is None  # type: ignore[attr-defined]
+
+
+def test_a_model_file_that_is_not_there_is_named_before_the_node_starts(
+    home: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from p2pnode.cli.app import app
+
+    path = tmp_path / "hearth.toml"
+    path.write_text(_set(_ready_example(), "serving.model", '"~/models/absent.gguf"'))
+    runner = CliRunner()
+    checked = runner.invoke(app, ["config", "check", str(path)])
+    assert "serving.model" in checked.output and "buyer commands need none" in checked.output
+    result = runner.invoke(app, ["node", "--config", str(path)])
+    assert result.exit_code == 2
+    assert f"nothing at {home}/models/absent.gguf" in result.output
+    from market.sdk.connect import load_buyer
+
+    assert load_buyer(path).rpc_url == RPC  # a buyer serves no model

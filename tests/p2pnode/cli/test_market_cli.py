@@ -94,3 +94,25 @@ def test_gateway_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert code == 2
     assert len(out.strip().splitlines()) == 1, out
     assert f"127.0.0.1:{port}" in out and "in use" in out
+
+
+def test_gateway_binds_where_the_config_says_unless_flags_say_otherwise(tmp_path: Path) -> None:
+    cfg = tmp_path / "hearth.toml"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg.write_text(f'[gateway]\nhost = "127.0.0.1"\nport = {port}\n')
+        code, out = run("gateway", "--config", str(cfg))  # no --port: [gateway] port
+        assert code == 2 and f"127.0.0.1:{port}" in out and "in use" in out
+        cfg.write_text(f'[gateway]\nhost = "no-such-host.invalid"\nport = {port}\n')
+        code, out = run("gateway", "--config", str(cfg), "--host", "127.0.0.1")
+        assert code == 2 and f"127.0.0.1:{port}" in out  # --host wins over the file
+    cfg.write_text('[gateway]\nhost = "no-such-host.invalid"\n')
+    code, out = run("gateway", "--config", str(cfg))
+    assert code == 2 and "no-such-host.invalid:8000" in out  # the one default port: 8000
+
+
+def test_gateway_help_names_the_config_as_the_default() -> None:
+    code, out = run("gateway", "--help")
+    assert code == 0 and "gateway.port" in out and "gateway.host" in out
