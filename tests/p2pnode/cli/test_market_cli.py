@@ -116,3 +116,13 @@ def test_gateway_binds_where_the_config_says_unless_flags_say_otherwise(tmp_path
 def test_gateway_help_names_the_config_as_the_default() -> None:
     code, out = run("gateway", "--help")
     assert code == 0 and "gateway.port" in out and "gateway.host" in out
+
+
+def test_power_status_reads_the_config_as_every_command_does(tmp_path: Path) -> None:
+    cfg = tmp_path / "hearth.toml"
+    cfg.write_text("[power]\ntarif = { default = 0.3 }\n")
+    code, out = run("power", "status", "--config", str(cfg))
+    assert code == 2 and "power.tarif" in out and "did you mean 'tariff'" in out
+    cfg.write_text('[power]\noverride = { file = "/nonexistent/override" }\n')
+    code, out = run("power", "status", "--config", str(cfg), "--json")
+    assert code == 0 and '"state": "normal"' in out

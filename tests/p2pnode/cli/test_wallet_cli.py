@@ -82,3 +82,11 @@ def test_withdraw_flags_are_checked_before_anything_loads(
 ) -> None:
     result = runner.invoke(app, ["withdraw", *args, "--config", str(tmp_path / "no.toml")])
     assert result.exit_code == 2 and says in result.output
+
+
+def test_a_deposit_larger_than_the_wallet_says_so_once(buyer: tuple[LocalMarket, Path]) -> None:
+    m, cfg = buyer
+    held = balance(m, cfg)["wallet"]
+    code, out = run(m, "deposit", str(held + 1), "--config", str(cfg))
+    assert code == 2 and f"holds only {held}" in out
+    assert len(out.strip().splitlines()) == 1, out  # not followed by a second, garbled error
