@@ -53,7 +53,7 @@ from market.protocol.auction import (
     rank_bids,
 )
 from market.protocol.commitment import ChainVerifier
-from market.protocol.errors import LocalProtocolError, RemoteProtocolError
+from market.protocol.errors import LocalProtocolError
 from market.protocol.events import (
     AcceptReceived,
     BidReceived,
@@ -72,6 +72,7 @@ from market.protocol.events import (
     PeerEvent,
     RfqDelivered,
 )
+from market.protocol.machine import JobMachine
 from market.protocol.messages import Award, Bid, Cancel, ErrorCode, Prompt, Rfq, cost_of
 from market.protocol.outcomes import BuyerFailure, BuyerOutcome, DeclineNote, Segment
 from market.protocol.payments import BuyerWallet
@@ -138,10 +139,12 @@ class _Active:
 _Handler = Callable[["BuyerJob", Any, float], list[Action]]
 
 
-class BuyerJob:
+class BuyerJob(JobMachine):
     """One job, seen from the buyer. See the module docstring for the lifecycle."""
 
     TABLE: ClassVar[dict[tuple[BuyerState, type[Event]], _Handler]]
+    ROLE: ClassVar[str] = "buyer job"
+    state: BuyerState
     __slots__ = (
         "_abandoned",
         "_answered",
@@ -240,17 +243,6 @@ class BuyerJob:
             return None
         t = self._timer
         return self._job_deadline if t is None else min(t, self._job_deadline)
-
-    def handle(self, event: Event, now: float) -> list[Action]:
-        """Apply one event at time ``now``; return the actions to carry out, in order."""
-        handler = self.TABLE.get((self.state, type(event)))
-        if handler is None:
-            if isinstance(event, PeerEvent):
-                return self._stray(event, now)
-            raise LocalProtocolError(
-                f"buyer job cannot take {type(event).__name__} in state {self.state.value}"
-            )
-        return handler(self, event, now)
 
     # ------------------------------------------------------------- handlers
 
@@ -437,23 +429,14 @@ class BuyerJob:
             out.append(self._cancel_active(ev.reason or "buyer cancelled"))
         return out + self._fail(BuyerFailure.CANCELLED, ev.reason or "buyer cancelled", now)
 
-    def _ignore(self, ev: Event, now: float) -> list[Action]:
-        return []
-
     # -------------------------------------------------------------- helpers
 
     def _is_active(self, peer: str) -> bool:
         return self.active is not None and self.active.bid.provider == peer
 
-    def _score(self, peer: str, delta: float, why: str) -> ScorePeer:
-        return ScorePeer(peer=peer, delta=delta, reason=why, error=RemoteProtocolError(why))
-
-    def _stray(self, ev: PeerEvent, now: float) -> list[Action]:
-        """A message nobody asked for: late from a provider we left (fine) or bogus."""
-        if self.state in TERMINAL or ev.sender in self._abandoned:
-            return []
-        what = f"unexpected {type(ev.message).__name__} in state {self.state.value}"
-        return [self._score(ev.sender, -0.1, what)]
+    def _tolerates(self, ev: PeerEvent) -> bool:
+        """Late from a provider we left, or after the end: fine (else it is bogus)."""
+        return self.state in TERMINAL or ev.sender in self._abandoned
 
     def _publish(self, now: float) -> list[Action]:
         self._round += 1

@@ -65,6 +65,7 @@ from market.protocol.events import (
     TokensGenerated,
     VoucherReceived,
 )
+from market.protocol.machine import JobMachine
 from market.protocol.messages import (
     Accept,
     Award,
@@ -121,10 +122,12 @@ _REFUSAL_CODE = {
 _Handler = Callable[["ProviderJob", Any, float], list[Action]]
 
 
-class ProviderJob:
+class ProviderJob(JobMachine):
     """One job, seen from the provider. See the module docstring for the lifecycle."""
 
     TABLE: ClassVar[dict[tuple[ProviderState, type[Event]], _Handler]]
+    ROLE: ClassVar[str] = "provider job"
+    state: ProviderState
     __slots__ = (
         "_chunk_cum",
         "_finish",
@@ -220,17 +223,6 @@ class ProviderJob:
                 t = min(t, self._stalled_since + self.config.payment_timeout_s)
             return t
         return self._timer
-
-    def handle(self, event: Event, now: float) -> list[Action]:
-        """Apply one event at time ``now``; return the actions to carry out, in order."""
-        handler = self.TABLE.get((self.state, type(event)))
-        if handler is None:
-            if isinstance(event, PeerEvent):
-                return self._stray(event, now)
-            raise LocalProtocolError(
-                f"provider job cannot take {type(event).__name__} in state {self.state.value}"
-            )
-        return handler(self, event, now)
 
     # ------------------------------------------------------------- handlers
 
@@ -438,9 +430,6 @@ class ProviderJob:
             out.append(SendCancel(to=rfq.buyer, message=cancel))
         return out + self._on_stop(ev, now)
 
-    def _ignore(self, ev: Event, now: float) -> list[Action]:
-        return []
-
     def _late_award(self, ev: AwardReceived, now: float) -> list[Action]:
         """An award after we finished (bid expired, declined): tell the buyer at once."""
         rfq = self.rfq
@@ -451,14 +440,9 @@ class ProviderJob:
 
     # -------------------------------------------------------------- helpers
 
-    def _score(self, peer: str, delta: float, why: str) -> ScorePeer:
-        return ScorePeer(peer=peer, delta=delta, reason=why, error=RemoteProtocolError(why))
-
-    def _stray(self, ev: PeerEvent, now: float) -> list[Action]:
-        if self.state is ProviderState.DONE:
-            return []
-        what = f"unexpected {type(ev.message).__name__} in state {self.state.value}"
-        return [self._score(ev.sender, -0.1, what)]
+    def _tolerates(self, ev: PeerEvent) -> bool:
+        """After the end, anything from the buyer is a late straggler."""
+        return self.state is ProviderState.DONE
 
     def _flush(self, now: float) -> list[Action]:
         """Send every chunk the credit allows; pause/resume the engine; end when done."""
