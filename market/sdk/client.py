@@ -31,46 +31,35 @@ import trio
 
 from market.ledger import Ledger
 from market.protocol import (
-    Accept,
     Bid,
-    Cancel,
     ChatMessage,
     Decline,
-    EndOfStream,
-    Error,
-    Heartbeat,
+    Message,
     Offer,
     Prompt,
     RemoteProtocolError,
     ReplayGuard,
     Rfq,
     SamplingParams,
-    TokenChunk,
     Voucher,
 )
 from market.protocol.actions import (
     Action,
     DeliverTokens,
     Publish,
-    ReportOutcome,
     ScorePeer,
     Send,
     SendAward,
+    SendVoucher,
 )
 from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.driver import PROVIDER_STREAM, RFQ_ANSWERS, buyer_event, dispatch_buyer
 from market.protocol.events import (
-    AcceptReceived,
     BidReceived,
-    CancelReceived,
     CancelRequested,
-    ChunkReceived,
     CollateralShort,
     DeadlinePassed,
-    DeclineReceived,
-    EndReceived,
-    ErrorReceived,
     Event,
-    HeartbeatReceived,
     JobSubmitted,
     PeerDisconnected,
     RfqDelivered,
@@ -111,15 +100,6 @@ from p2pnode.net.pubsub import GossipMessage, offers_topic, rfq_topic
 __all__ = ["Client", "ClientConfig", "JobHandle", "open_client"]
 
 logger = logging.getLogger(__name__)
-
-_PEER_EVENTS: dict[type, Callable[[str, Any], Event]] = {
-    Accept: lambda s, m: AcceptReceived(sender=s, accept=m),
-    TokenChunk: lambda s, m: ChunkReceived(sender=s, chunk=m),
-    EndOfStream: lambda s, m: EndReceived(sender=s, end=m),
-    Error: lambda s, m: ErrorReceived(sender=s, error=m),
-    Heartbeat: lambda s, m: HeartbeatReceived(sender=s, heartbeat=m),
-    Cancel: lambda s, m: CancelReceived(sender=s, cancel=m),
-}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -334,25 +314,23 @@ class Client:
         return _result(outcome, model_id, prompt_tokens, run)
 
     # ----------------------------------------------------------------- network input
-    async def _bid_event(self, peer: str, message: object) -> Event | None:
+    async def _bid_event(self, peer: str, message: Message | None) -> Event | None:
         """``peer``'s answer to an RFQ as an event for the job (``None``: not to be routed).
 
         Only staked providers' bids count (Sybil resistance); a provider streaming
         another of our jobs is not awarded a second one.
         """
-        if isinstance(message, Bid):
-            if self.stake_check is not None and not await self.stake_check(
-                peer, message.provider_address
-            ):
-                self.unstaked_bids += 1
-                return None
-            event: Event = BidReceived(
-                sender=peer, bid=message, region=self.catalog.region_of(peer)
-            )
-        elif isinstance(message, Decline):
-            event = DeclineReceived(sender=peer, decline=message)
-        else:
-            raise RemoteProtocolError(f"expected a Bid or Decline, got {type(message).__name__}")
+        if message is None:
+            raise RemoteProtocolError("the stream ended before a Bid or Decline")
+        event = buyer_event(peer, message, region=self.catalog.region_of(peer), only=RFQ_ANSWERS)
+        if (
+            isinstance(message, Bid)
+            and self.stake_check is not None
+            and not await self.stake_check(peer, message.provider_address)
+        ):
+            self.unstaked_bids += 1
+            return None
+        assert isinstance(message, Bid | Decline)
         busy_with = self._busy.get(peer)
         return event if busy_with is None or busy_with == message.job_id else None
 
@@ -412,7 +390,12 @@ class Client:
 
 
 class _JobRun:
-    """The I/O side of one BuyerJob: its event inbox and its streams to providers."""
+    """The I/O side of one BuyerJob: its event inbox and its streams to providers.
+
+    It is the job's :class:`~market.protocol.driver.BuyerDriver`: each action the
+    machine returns reaches one of its handler coroutines (``publish``,
+    ``send_award``…) through :func:`~market.protocol.driver.dispatch_buyer`.
+    """
 
     def __init__(self, client: Client, job: BuyerJob, out: trio.MemorySendChannel[Any]) -> None:
         self.client = client
@@ -457,39 +440,42 @@ class _JobRun:
 
     async def _apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, SendAward):
-                self.pending[action.to] = [action.message]
-                self._release(except_peer=action.to)
-                self.nursery.start_soon(self._provider_session, action)
-            elif isinstance(action, Send):
-                await self._send(action)
-            elif isinstance(action, Publish):
-                await self._publish(action.rfq)
-            elif isinstance(action, DeliverTokens):
-                if self.first_token_at is None:
-                    self.first_token_at = trio.current_time()
-                self.texts.append(action.text)
-                chunk = Chunk(
-                    text=action.text,
-                    token_ids=action.token_ids,
-                    logprobs=action.logprobs,
-                    provider=action.provider,
-                )
-                try:
-                    await self.out.send(chunk)
-                except trio.BrokenResourceError:  # the consumer went away: this job ends
-                    self.cancel.set()  # (the provider stops; it is paid what it delivered)
-            elif isinstance(action, ScorePeer):
-                self.client.reputation.adjust(action.peer, action.delta)
-            elif isinstance(action, ReportOutcome):
-                assert isinstance(action.outcome, BuyerOutcome)
-                self.outcome = action.outcome
-                for fs in list(self.streams.values()):  # sessions end meanwhile
-                    with trio.move_on_after(1):
-                        with suppress(NetError):
-                            await fs.send_end()
+            await dispatch_buyer(self, action)
 
-    async def _publish(self, rfq: Rfq) -> None:
+    # ------------------------------------------------ the machine's actions (BuyerDriver)
+
+    async def send_award(self, action: SendAward) -> None:
+        """Start the winner's session; the award (then the prompt) waits for its stream."""
+        self.pending[action.to] = [action.message]
+        self._release(except_peer=action.to)
+        self.nursery.start_soon(self._provider_session, action)
+
+    async def deliver_tokens(self, action: DeliverTokens) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = trio.current_time()
+        self.texts.append(action.text)
+        chunk = Chunk(
+            text=action.text,
+            token_ids=action.token_ids,
+            logprobs=action.logprobs,
+            provider=action.provider,
+        )
+        try:
+            await self.out.send(chunk)
+        except trio.BrokenResourceError:  # the consumer went away: this job ends
+            self.cancel.set()  # (the provider stops; it is paid what it delivered)
+
+    async def score_peer(self, action: ScorePeer) -> None:
+        self.client.reputation.adjust(action.peer, action.delta)
+
+    async def report_outcome(self, outcome: BuyerOutcome) -> None:
+        self.outcome = outcome
+        for fs in list(self.streams.values()):  # sessions end meanwhile
+            with trio.move_on_after(1):
+                with suppress(NetError):
+                    await fs.send_end()
+
+    async def publish(self, action: Publish) -> None:
         """Put the RFQ out: straight to the best known providers first, else on gossip.
 
         The first round asks up to ``direct_rfq`` providers whose live offers name the
@@ -497,6 +483,7 @@ class _JobRun:
         stream back); later rounds, and markets we know nothing of yet, use the
         model's gossip topic so every provider hears it.
         """
+        rfq = action.rfq
         client = self.client
         data = sealed(rfq, client.key)
         peers = self._direct_candidates(rfq.model_id) if self.job.round == 1 else []
@@ -550,13 +537,19 @@ class _JobRun:
         finally:
             self.held.pop(peer, None)
 
-    async def _send(self, action: Send) -> None:
+    async def send_voucher(self, action: SendVoucher) -> None:
         ledger = self.client.ledger
-        if ledger is not None and isinstance(action.message, Voucher):
+        if ledger is not None:
             # Written before it leaves: a restarted buyer resumes its channels from here.
+            voucher = action.message
+            assert isinstance(voucher, Voucher)
             await trio.to_thread.run_sync(
-                record, ledger, action.message, limiter=self.client._ledger_limiter
+                record, ledger, voucher, limiter=self.client._ledger_limiter
             )
+        await self.send(action)
+
+    async def send(self, action: Send) -> None:
+        """Send ``action.message`` on its provider's job stream (queued while it opens)."""
         queued = self.pending.get(action.to)
         if queued is not None:
             queued.append(action.message)  # the stream is still opening: it sends these first
@@ -625,10 +618,7 @@ class _JobRun:
             message = await receive_message(fs, self.client._guard)
             if message is None:
                 return
-            make = _PEER_EVENTS.get(type(message))
-            if make is None:
-                raise RemoteProtocolError(f"unexpected {type(message).__name__}")
-            self.events_in.send_nowait(make(peer, message))
+            self.events_in.send_nowait(buyer_event(peer, message, only=PROVIDER_STREAM))
 
 
 def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobRun) -> Result:
