@@ -32,20 +32,16 @@ from market.protocol import actions as A
 from market.protocol import events as E
 from market.protocol.auction import WeightedScorer
 from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.driver import buyer_event, dispatch_buyer, dispatch_provider, provider_event
 from market.protocol.messages import (
-    Accept,
     Award,
     Bid,
-    Cancel,
     Decline,
-    EndOfStream,
     Error,
     ErrorCode,
-    Heartbeat,
     Message,
     Prompt,
     Rfq,
-    TokenChunk,
     Voucher,
 )
 from market.protocol.outcomes import BuyerOutcome, ProviderOutcome
@@ -164,18 +160,6 @@ class Simulation:
         self.signed: dict[tuple[bytes, bytes], int] = {}
         self.spent_seen: dict[bytes, int] = {}
         self._schedule_faults(random.Random(f"{seed}/faults"))
-        self._deliver: dict[type[Message], Callable[[str, Any], E.Event]] = {
-            Bid: lambda s, m: E.BidReceived(sender=s, bid=m, region=self._region_name(s)),
-            Decline: lambda s, m: E.DeclineReceived(sender=s, decline=m),
-            Accept: lambda s, m: E.AcceptReceived(sender=s, accept=m),
-            TokenChunk: lambda s, m: E.ChunkReceived(sender=s, chunk=m),
-            EndOfStream: lambda s, m: E.EndReceived(sender=s, end=m),
-            Error: lambda s, m: E.ErrorReceived(sender=s, error=m),
-            Heartbeat: lambda s, m: E.HeartbeatReceived(sender=s, heartbeat=m),
-            Cancel: lambda s, m: E.CancelReceived(sender=s, cancel=m),
-            Prompt: lambda s, m: E.PromptReceived(sender=s, prompt=m),
-            Voucher: lambda s, m: E.VoucherReceived(sender=s, voucher=m),
-        }
 
     # ---------------------------------------------------------------- setup
 
@@ -305,24 +289,20 @@ class Simulation:
             tr = dst.jobs.get(msg.job_id)  # type: ignore[attr-defined]
             if tr is None:
                 return
-            self._drive(tr, self._deliver[type(msg)](sender, msg), now)
+            self._drive(tr, buyer_event(sender, msg, region=self._region_name(sender)), now)
             return
         if not dst.alive or dst.frozen_until > now:
             return
         tr = dst.machines.get(msg.job_id)  # type: ignore[attr-defined]
-        if isinstance(msg, Award):
-            if tr is None:
+        if tr is None:
+            if isinstance(msg, Award):
                 # the node no longer has this job (evicted or restarted): refuse at once
                 err = Error(job_id=msg.job_id, code=ErrorCode.OVERLOADED, message="no open bid")
                 self._send(dst, sender, err, now)
-                return
-            self._drive(
-                tr, E.AwardReceived(sender=sender, award=msg, status=self._status(dst)), now
-            )
             return
-        if tr is None:
-            return
-        self._drive(tr, self._deliver[type(msg)](sender, msg), now)
+        ev = provider_event(sender, msg, status=lambda: self._status(dst))
+        if ev is not None:
+            self._drive(tr, ev, now)
 
     def _on_timer(self, now: float, tr: Tracked, b: Any) -> None:
         if tr.dead or tr.timer_at != now:
@@ -447,10 +427,16 @@ class Simulation:
         actions = m.handle(event, now)
         owner = tr.owner
         if isinstance(owner, BuyerNode):
-            self._buyer_actions(owner, tr, actions, now)
+            if actions:
+                buyer = _BuyerSide(self, owner, tr, now)
+                for act in actions:
+                    dispatch_buyer(buyer, act)
         else:
             assert isinstance(m, ProviderJob)
-            self._provider_actions(owner, tr, actions, now)
+            if actions:
+                provider = _ProviderSide(self, owner, tr, now)
+                for act in actions:
+                    dispatch_provider(provider, act)
             if m.award is not None and m.state is not ProviderState.DONE:
                 self.check.provider_credit(m.award.job_id, m.unpaid_chunks, m.award.credit_chunks)
         if tr.dead or m.finished:
@@ -474,91 +460,6 @@ class Simulation:
             t = self.net.stream_arrival(now, ai, bi, src.region, dst.region)
         if t is not None:
             self.q.push(t, _DELIVER, dst, (src.name, msg))
-
-    def _buyer_actions(
-        self, b: BuyerNode, tr: Tracked, actions: list[A.Action], now: float
-    ) -> None:
-        check = self.check
-        for act in actions:
-            if isinstance(act, A.Send):
-                msg = act.message
-                if isinstance(msg, Award):
-                    check.awarded(msg.job_id, msg.provider, msg.price_per_1k, msg.resume_offset)
-                elif isinstance(msg, Voucher):
-                    key = (b.address, msg.provider_address)
-                    prev = self.signed.get(key, 0)
-                    self.signed[key] = msg.cumulative_amount
-                    delta = msg.cumulative_amount - prev
-                    self.spent_seen[b.address] = self.spent_seen.get(b.address, 0) + delta
-                    check.paid(msg.job_id, act.to, delta)
-                    w = b.wallet
-                    check.wallet(
-                        b.name, w.deposit, w.spent, w.available, self.spent_seen[b.address]
-                    )
-                self._send(b, act.to, msg, now)
-            elif isinstance(act, A.DeliverTokens):
-                check.delivered(tr.machine.job_id, act.provider, act.offset, len(act.token_ids))  # type: ignore[arg-type]
-            elif isinstance(act, A.Publish):
-                self._publish(b, act.rfq, now)
-            elif isinstance(act, A.ScorePeer):
-                self.rep.adjust(act.peer, act.delta)
-            elif isinstance(act, A.ReportOutcome):
-                out = act.outcome
-                assert isinstance(out, BuyerOutcome)
-                if self.cfg.inject == "lose_outcome" and self.report.jobs == 0:
-                    continue  # deliberate bug: the driver forgets a finished job
-                self._job_done(b, out)
-
-    def _provider_actions(
-        self, p: ProviderNode, tr: Tracked, actions: list[A.Action], now: float
-    ) -> None:
-        for act in actions:
-            if isinstance(act, A.Send):
-                self._send(p, act.to, act.message, now)
-            elif isinstance(act, A.ClaimSlot):
-                p.active += 1
-                self._recount(p)
-            elif isinstance(act, A.ReleaseSlot):
-                p.active -= 1
-                self._recount(p)
-            elif isinstance(act, A.StartGeneration):
-                m = tr.machine
-                assert isinstance(m, ProviderJob) and m.award is not None
-                job_id = m.award.job_id
-                n = act.max_new_tokens
-                # most jobs stop on their own before max_tokens
-                finish_at = (
-                    n if self.rng.random() < 0.3 else max(1, int(n * self.rng.uniform(0.5, 1.0)))
-                )
-                g = Generation(job_id, m.award.resume_offset, finish_at)
-                p.engine[job_id] = g
-                ttft = 0.08 + 0.04 * p.active
-                g.scheduled = True
-                self.q.push(now + ttft, _ENGINE, p, (job_id, p.epoch))
-            elif isinstance(act, A.PauseGeneration):
-                g2 = p.engine.get(act.job_id)
-                if g2 is not None:
-                    g2.paused = True
-            elif isinstance(act, A.ResumeGeneration):
-                g3 = p.engine.get(act.job_id)
-                if g3 is not None:
-                    g3.paused = False
-                    if not g3.scheduled:
-                        self._schedule_step(p, g3, now)
-            elif isinstance(act, A.StopGeneration):
-                p.engine.pop(act.job_id, None)
-            elif isinstance(act, A.StoreVoucher):
-                v = act.voucher
-                signed = self.signed.get((v.buyer_address, p.address), 0)
-                self.check.channel(
-                    v.buyer_address.hex(), p.name, signed, p.book.cumulative(v.buyer_address)
-                )
-            elif isinstance(act, A.ReportOutcome):
-                out = act.outcome
-                assert isinstance(out, ProviderOutcome)
-                if p.machines.get(out.job_id) is tr:
-                    del p.machines[out.job_id]
-                tr.dead = True
 
     def _schedule_step(self, p: ProviderNode, g: Generation, now: float) -> None:
         tps = p.tps * (0.5 if p.power == "throttled" else 1.0)
@@ -641,3 +542,117 @@ class Simulation:
 def run(config: SimConfig, *, max_events: int | None = None) -> SimReport:
     """Build and run one simulation."""
     return Simulation(config).run(max_events=max_events)
+
+
+class _BuyerSide:
+    """Carries out one buyer job's actions in the simulated world (a ``BuyerDriver``)."""
+
+    __slots__ = ("node", "now", "sim", "tr")
+
+    def __init__(self, sim: Simulation, node: BuyerNode, tr: Tracked, now: float) -> None:
+        self.sim, self.node, self.tr, self.now = sim, node, tr, now
+
+    def publish(self, action: A.Publish) -> None:
+        self.sim._publish(self.node, action.rfq, self.now)
+
+    def send_award(self, action: A.SendAward) -> None:
+        msg = action.message
+        assert isinstance(msg, Award)
+        self.sim.check.awarded(msg.job_id, msg.provider, msg.price_per_1k, msg.resume_offset)
+        self.send(action)
+
+    def send_voucher(self, action: A.SendVoucher) -> None:
+        sim, b, msg = self.sim, self.node, action.message
+        assert isinstance(msg, Voucher)
+        key = (b.address, msg.provider_address)
+        prev = sim.signed.get(key, 0)
+        sim.signed[key] = msg.cumulative_amount
+        delta = msg.cumulative_amount - prev
+        sim.spent_seen[b.address] = sim.spent_seen.get(b.address, 0) + delta
+        sim.check.paid(msg.job_id, action.to, delta)
+        w = b.wallet
+        sim.check.wallet(b.name, w.deposit, w.spent, w.available, sim.spent_seen[b.address])
+        self.send(action)
+
+    def send(self, action: A.Send) -> None:
+        self.sim._send(self.node, action.to, action.message, self.now)
+
+    def deliver_tokens(self, action: A.DeliverTokens) -> None:
+        job_id = self.tr.machine.job_id
+        assert job_id is not None
+        self.sim.check.delivered(job_id, action.provider, action.offset, len(action.token_ids))
+
+    def score_peer(self, action: A.ScorePeer) -> None:
+        self.sim.rep.adjust(action.peer, action.delta)
+
+    def report_outcome(self, outcome: BuyerOutcome) -> None:
+        sim = self.sim
+        if sim.cfg.inject == "lose_outcome" and sim.report.jobs == 0:
+            return  # deliberate bug: the driver forgets a finished job
+        sim._job_done(self.node, outcome)
+
+
+class _ProviderSide:
+    """Carries out one provider job's actions in the simulated world (a ``ProviderDriver``)."""
+
+    __slots__ = ("node", "now", "sim", "tr")
+
+    def __init__(self, sim: Simulation, node: ProviderNode, tr: Tracked, now: float) -> None:
+        self.sim, self.node, self.tr, self.now = sim, node, tr, now
+
+    def send(self, action: A.Send) -> None:
+        self.sim._send(self.node, action.to, action.message, self.now)
+
+    def start_generation(self, action: A.StartGeneration) -> None:
+        sim, p = self.sim, self.node
+        m = self.tr.machine
+        assert isinstance(m, ProviderJob) and m.award is not None
+        job_id = m.award.job_id
+        n = action.max_new_tokens
+        # most jobs stop on their own before max_tokens
+        rng = sim.rng
+        finish_at = n if rng.random() < 0.3 else max(1, int(n * rng.uniform(0.5, 1.0)))
+        g = Generation(job_id, m.award.resume_offset, finish_at)
+        p.engine[job_id] = g
+        ttft = 0.08 + 0.04 * p.active
+        g.scheduled = True
+        sim.q.push(self.now + ttft, _ENGINE, p, (job_id, p.epoch))
+
+    def pause_generation(self, action: A.PauseGeneration) -> None:
+        g = self.node.engine.get(action.job_id)
+        if g is not None:
+            g.paused = True
+
+    def resume_generation(self, action: A.ResumeGeneration) -> None:
+        g = self.node.engine.get(action.job_id)
+        if g is not None:
+            g.paused = False
+            if not g.scheduled:
+                self.sim._schedule_step(self.node, g, self.now)
+
+    def stop_generation(self, action: A.StopGeneration) -> None:
+        self.node.engine.pop(action.job_id, None)
+
+    def claim_slot(self, action: A.ClaimSlot) -> None:
+        self.node.active += 1
+        self.sim._recount(self.node)
+
+    def release_slot(self, action: A.ReleaseSlot) -> None:
+        self.node.active -= 1
+        self.sim._recount(self.node)
+
+    def store_voucher(self, action: A.StoreVoucher) -> None:
+        p, v = self.node, action.voucher
+        signed = self.sim.signed.get((v.buyer_address, p.address), 0)
+        self.sim.check.channel(
+            v.buyer_address.hex(), p.name, signed, p.book.cumulative(v.buyer_address)
+        )
+
+    def score_peer(self, action: A.ScorePeer) -> None:
+        pass  # providers' views of buyers are not modelled
+
+    def report_outcome(self, outcome: ProviderOutcome) -> None:
+        p, tr = self.node, self.tr
+        if p.machines.get(outcome.job_id) is tr:
+            del p.machines[outcome.job_id]
+        tr.dead = True
