@@ -23,15 +23,10 @@ from dataclasses import dataclass, field
 from market.protocol import actions as A
 from market.protocol import events as E
 from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.driver import buyer_event, dispatch_buyer, dispatch_provider, provider_event
 from market.protocol.messages import (
     Accept,
-    Award,
-    Bid,
-    Cancel,
-    Decline,
     EndOfStream,
-    Error,
-    Heartbeat,
     Message,
     Prompt,
     Rfq,
@@ -237,18 +232,9 @@ class FakeLink:
     # -------------------------------------------------------------------- buyer
 
     def _buyer(self, ev: E.Event) -> None:
+        side = _BuyerSide(self)
         for a in self.buyer.handle(ev, self.now):
-            if isinstance(a, A.Publish):
-                for name in self.specs:
-                    self._at(self.now + self.latency, functools.partial(self._rfq, name))
-            elif isinstance(a, A.Send):
-                if isinstance(a.message, Voucher) and not self.buyer_pays:
-                    continue
-                self._send(BUYER, a.to, a.message)
-            elif isinstance(a, A.DeliverTokens):
-                self.delivered.append(a)
-            elif isinstance(a, A.ScorePeer):
-                self.scores.append(a)
+            dispatch_buyer(side, a)
         self._arm(self.buyer, BUYER)
 
     def _rfq(self, name: str) -> None:
@@ -265,23 +251,9 @@ class FakeLink:
         if name in self.dead:
             return
         m = self.providers[name]
+        side = _ProviderSide(self, name)
         for a in m.handle(ev, self.now):
-            if isinstance(a, A.Send):
-                self._send(name, a.to, a.message)
-            elif isinstance(a, A.StartGeneration):
-                self._gen[name] = 0
-                self._at(self.now + self.step_s, functools.partial(self._step, name))
-            elif isinstance(a, A.PauseGeneration):
-                self._paused.add(name)
-            elif isinstance(a, A.ResumeGeneration):
-                self._paused.discard(name)
-                self._at(self.now + self.step_s, functools.partial(self._step, name))
-            elif isinstance(a, A.StopGeneration):
-                self._gen.pop(name, None)
-            elif isinstance(a, A.ReportOutcome):
-                assert isinstance(a.outcome, ProviderOutcome)
-                self.provider_outcomes[name] = a.outcome
-                self.provider_history.append(a.outcome)
+            dispatch_provider(side, a)
         self._arm(m, name)
 
     def _step(self, name: str) -> None:
@@ -352,37 +324,84 @@ class FakeLink:
 
     def _deliver(self, src: str, dst: str, msg: Message) -> None:
         if dst == BUYER:
-            ev: E.Event
-            if isinstance(msg, Bid):
-                ev = E.BidReceived(sender=src, bid=msg, region="us-east")
-            elif isinstance(msg, Decline):
-                ev = E.DeclineReceived(sender=src, decline=msg)
-            elif isinstance(msg, Accept):
-                ev = E.AcceptReceived(sender=src, accept=msg)
-            elif isinstance(msg, TokenChunk):
-                ev = E.ChunkReceived(sender=src, chunk=msg)
-            elif isinstance(msg, EndOfStream):
-                ev = E.EndReceived(sender=src, end=msg)
-            elif isinstance(msg, Error):
-                ev = E.ErrorReceived(sender=src, error=msg)
-            elif isinstance(msg, Heartbeat):
-                ev = E.HeartbeatReceived(sender=src, heartbeat=msg)
-            elif isinstance(msg, Cancel):
-                ev = E.CancelReceived(sender=src, cancel=msg)
-            else:
-                raise AssertionError(f"buyer got {msg!r}")
-            self._buyer(ev)
+            self._buyer(buyer_event(src, msg, region="us-east"))
             return
         if dst in self.dead:
             return
-        if isinstance(msg, Award):
-            pe: E.Event = E.AwardReceived(sender=src, award=msg, status=self.status(dst))
-        elif isinstance(msg, Prompt):
-            pe = E.PromptReceived(sender=src, prompt=msg)
-        elif isinstance(msg, Voucher):
-            pe = E.VoucherReceived(sender=src, voucher=msg)
-        elif isinstance(msg, Cancel):
-            pe = E.CancelReceived(sender=src, cancel=msg)
-        else:
-            raise AssertionError(f"provider got {msg!r}")
-        self._provider(dst, pe)
+        ev = provider_event(src, msg, status=lambda: self.status(dst))
+        if ev is not None:
+            self._provider(dst, ev)
+
+
+class _BuyerSide:
+    """The link's buyer-side handlers (a ``BuyerDriver``)."""
+
+    def __init__(self, link: FakeLink) -> None:
+        self.link = link
+
+    def publish(self, action: A.Publish) -> None:
+        link = self.link
+        for name in link.specs:
+            link._at(link.now + link.latency, functools.partial(link._rfq, name))
+
+    def send_award(self, action: A.SendAward) -> None:
+        self.send(action)
+
+    def send_voucher(self, action: A.SendVoucher) -> None:
+        if self.link.buyer_pays:
+            self.send(action)
+
+    def send(self, action: A.Send) -> None:
+        self.link._send(BUYER, action.to, action.message)
+
+    def deliver_tokens(self, action: A.DeliverTokens) -> None:
+        self.link.delivered.append(action)
+
+    def score_peer(self, action: A.ScorePeer) -> None:
+        self.link.scores.append(action)
+
+    def report_outcome(self, outcome: BuyerOutcome) -> None:
+        pass  # run() reads it from the machine
+
+
+class _ProviderSide:
+    """Provider ``name``'s handlers on the link (a ``ProviderDriver``)."""
+
+    def __init__(self, link: FakeLink, name: str) -> None:
+        self.link = link
+        self.name = name
+
+    def send(self, action: A.Send) -> None:
+        self.link._send(self.name, action.to, action.message)
+
+    def start_generation(self, action: A.StartGeneration) -> None:
+        link = self.link
+        link._gen[self.name] = 0
+        link._at(link.now + link.step_s, functools.partial(link._step, self.name))
+
+    def pause_generation(self, action: A.PauseGeneration) -> None:
+        self.link._paused.add(self.name)
+
+    def resume_generation(self, action: A.ResumeGeneration) -> None:
+        link = self.link
+        link._paused.discard(self.name)
+        link._at(link.now + link.step_s, functools.partial(link._step, self.name))
+
+    def stop_generation(self, action: A.StopGeneration) -> None:
+        self.link._gen.pop(self.name, None)
+
+    def claim_slot(self, action: A.ClaimSlot) -> None:
+        pass  # one job per provider here: no capacity to count
+
+    def release_slot(self, action: A.ReleaseSlot) -> None:
+        pass
+
+    def store_voucher(self, action: A.StoreVoucher) -> None:
+        pass  # the VoucherBook already holds it
+
+    def score_peer(self, action: A.ScorePeer) -> None:
+        pass
+
+    def report_outcome(self, outcome: ProviderOutcome) -> None:
+        self.link.provider_outcomes[self.name] = outcome
+        self.link.provider_history.append(outcome)
