@@ -97,7 +97,13 @@ def connect(rpc_url: str, timeout_s: float = 30.0) -> Web3:
     """A ``Web3`` on an HTTP(S) JSON-RPC endpoint; raises :class:`ChainUnavailable`."""
     if not re.match(r"^https?://", rpc_url):
         raise ChainUnavailable(f"not an http(s) RPC URL: {rpc_url!r}")
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+    # web3's own retries are off: ChainClient retries transient errors (tenacity), and
+    # both together made up to 25 requests of one call.
+    w3 = Web3(
+        Web3.HTTPProvider(
+            rpc_url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
+        )
+    )
     try:
         w3.eth.chain_id  # noqa: B018 - probe the connection
     except Exception as exc:
