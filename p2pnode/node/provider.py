@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -22,9 +21,6 @@ from market.gossip import rfq_check, valid_rfq
 from market.ledger import Ledger
 from market.protocol import (
     Award,
-    Cancel,
-    Heartbeat,
-    Prompt,
     RemoteProtocolError,
     ReplayGuard,
     Rfq,
@@ -35,7 +31,6 @@ from market.protocol.actions import (
     ClaimSlot,
     PauseGeneration,
     ReleaseSlot,
-    ReportOutcome,
     ResumeGeneration,
     ScorePeer,
     Send,
@@ -45,19 +40,16 @@ from market.protocol.actions import (
     StopGeneration,
     StoreVoucher,
 )
+from market.protocol.driver import BUYER_STREAM, dispatch_provider, provider_event
 from market.protocol.events import (
-    AwardReceived,
-    CancelReceived,
     CancelRequested,
     DeadlinePassed,
     Event,
     GenerationFailed,
     GenerationFinished,
     PeerDisconnected,
-    PromptReceived,
     RfqReceived,
     TokensGenerated,
-    VoucherReceived,
 )
 from market.protocol.outcomes import ProviderOutcome
 from market.protocol.payments import VoucherBook
@@ -83,13 +75,6 @@ from p2pnode.serving import BadRequestError, GenerationRequest, ServingBackend
 __all__ = ["ProviderService", "ProviderStats"]
 
 logger = logging.getLogger(__name__)
-
-_FROM_BUYER: dict[type, Callable[[str, Any], Event]] = {
-    Prompt: lambda s, m: PromptReceived(sender=s, prompt=m),
-    Voucher: lambda s, m: VoucherReceived(sender=s, voucher=m),
-    Cancel: lambda s, m: CancelReceived(sender=s, cancel=m),
-    Heartbeat: lambda s, m: None,  # liveness only: the framed stream tracks it
-}
 
 
 @dataclass
@@ -346,7 +331,12 @@ class ProviderService:
 
 
 class _JobSession:
-    """One awarded job on one stream: network frames and engine output in, actions out."""
+    """One awarded job on one stream: network frames and engine output in, actions out.
+
+    It is the job's :class:`~market.protocol.driver.ProviderDriver`: each action the
+    machine returns reaches one of its handler coroutines (``send``,
+    ``start_generation``…) through :func:`~market.protocol.driver.dispatch_provider`.
+    """
 
     def __init__(self, service: ProviderService, job: ProviderJob, fs: FramedStream) -> None:
         self.svc = service
@@ -370,13 +360,11 @@ class _JobSession:
     async def serve(self, award: Award) -> None:
         svc, fs = self.svc, self.fs
         now = trio.current_time()
+        awarded = provider_event(fs.peer_id, award, status=svc.status)
+        assert awarded is not None
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
-            await self._apply(
-                self.job.handle(
-                    AwardReceived(sender=fs.peer_id, award=award, status=svc.status()), now
-                )
-            )
+            await self._apply(self.job.handle(awarded, now))
             nursery.start_soon(self._read)
             while not self.job.finished:
                 deadline = self.job.next_deadline()
@@ -394,70 +382,77 @@ class _JobSession:
                 message = await receive_message(self.fs, self.svc._guard, timeout=math.inf)
                 if message is None:
                     break
-                make = _FROM_BUYER.get(type(message))
-                if make is None:
-                    raise RemoteProtocolError(f"unexpected {type(message).__name__} from buyer")
+                event = provider_event(self.fs.peer_id, message, only=BUYER_STREAM)
                 if isinstance(message, Voucher):
                     await self.svc.fresh_cover(message)
-                event = make(self.fs.peer_id, message)
-                if event is not None:
+                if event is not None:  # None: a heartbeat (the framed stream tracks liveness)
                     self.events_in.send_nowait(event)
         except (NetError, RemoteProtocolError) as exc:
             logger.info("buyer %s stream ended: %s", self.fs.peer_id, exc)
         self.events_in.send_nowait(PeerDisconnected(peer=self.fs.peer_id))
 
     async def _apply(self, actions: list[Action]) -> None:
-        svc = self.svc
         for action in actions:
-            if isinstance(action, Send):
-                try:
-                    await send_message(self.fs, action.message, svc.key)
-                except NetError:
-                    self.events_in.send_nowait(PeerDisconnected(peer=self.fs.peer_id))
-            elif isinstance(action, StartGeneration):
-                self.nursery.start_soon(self._generate, action)
-            elif isinstance(action, PauseGeneration):  # the engine stops stepping it
-                self.running = trio.Event()  # (and chunks already made wait here)
-                svc.engine.pause(action.job_id.hex())
-            elif isinstance(action, ResumeGeneration):
-                svc.engine.resume(action.job_id.hex())
-                self.running.set()
-            elif isinstance(action, StopGeneration):
-                if self.generation is not None:
-                    self.generation.cancel()
-            elif isinstance(action, ClaimSlot):
-                svc.active_jobs += 1
-                rfq = self.job.rfq
-                if rfq is not None:  # bookkeeping, off the path to the first token
-                    self.nursery.start_soon(
-                        svc.in_ledger,
-                        lambda ledger, job_id=action.job_id, rfq=rfq: ledger.record_job(
-                            job_id, role="provider", counterparty=rfq.buyer, model_id=rfq.model_id
-                        ),
-                    )
-            elif isinstance(action, ReleaseSlot):
-                svc.active_jobs -= 1
-            elif isinstance(action, StoreVoucher):
-                await self._store(action.voucher)
-            elif isinstance(action, ScorePeer):
-                logger.info("buyer %s: %s (%+.2f)", action.peer, action.reason, action.delta)
-            elif isinstance(action, ReportOutcome):
-                assert isinstance(action.outcome, ProviderOutcome)
-                self.outcome = action.outcome
-                svc._record(action.outcome, svc.model_id)
-                o = action.outcome
-                await svc.in_ledger(
-                    lambda ledger, o=o: ledger.finish_job(
-                        o.job_id,
-                        tokens=o.tokens_sent,
-                        amount=o.paid,
-                        status="done" if o.completed else o.reason,
-                    )
-                )
+            await dispatch_provider(self, action)
 
-    async def _store(self, voucher: Voucher) -> None:
+    # ------------------------------------------ the machine's actions (ProviderDriver)
+
+    async def send(self, action: Send) -> None:
+        try:
+            await send_message(self.fs, action.message, self.svc.key)
+        except NetError:
+            self.events_in.send_nowait(PeerDisconnected(peer=self.fs.peer_id))
+
+    async def start_generation(self, action: StartGeneration) -> None:
+        self.nursery.start_soon(self._generate, action)
+
+    async def pause_generation(self, action: PauseGeneration) -> None:
+        self.running = trio.Event()  # chunks already made wait here
+        self.svc.engine.pause(action.job_id.hex())  # and the engine stops stepping it
+
+    async def resume_generation(self, action: ResumeGeneration) -> None:
+        self.svc.engine.resume(action.job_id.hex())
+        self.running.set()
+
+    async def stop_generation(self, action: StopGeneration) -> None:
+        if self.generation is not None:
+            self.generation.cancel()
+
+    async def claim_slot(self, action: ClaimSlot) -> None:
+        svc = self.svc
+        svc.active_jobs += 1
+        rfq = self.job.rfq
+        if rfq is not None:  # bookkeeping, off the path to the first token
+            self.nursery.start_soon(
+                svc.in_ledger,
+                lambda ledger, job_id=action.job_id, rfq=rfq: ledger.record_job(
+                    job_id, role="provider", counterparty=rfq.buyer, model_id=rfq.model_id
+                ),
+            )
+
+    async def release_slot(self, action: ReleaseSlot) -> None:
+        self.svc.active_jobs -= 1
+
+    async def store_voucher(self, action: StoreVoucher) -> None:
         """Persist the voucher before anything else happens: it is the node's pay."""
+        voucher = action.voucher
         await self.svc.in_ledger(lambda ledger: record(ledger, voucher))
+
+    async def score_peer(self, action: ScorePeer) -> None:
+        logger.info("buyer %s: %s (%+.2f)", action.peer, action.reason, action.delta)
+
+    async def report_outcome(self, outcome: ProviderOutcome) -> None:
+        svc = self.svc
+        self.outcome = outcome
+        svc._record(outcome, svc.model_id)
+        await svc.in_ledger(
+            lambda ledger: ledger.finish_job(
+                outcome.job_id,
+                tokens=outcome.tokens_sent,
+                amount=outcome.paid,
+                status="done" if outcome.completed else outcome.reason,
+            )
+        )
 
     async def _generate(self, start: StartGeneration) -> None:
         p = start.prompt
