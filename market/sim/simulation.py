@@ -6,7 +6,10 @@ and :class:`~market.protocol.provider.ProviderJob` and carries out the actions t
 return — over a simulated network (:mod:`market.sim.network`), sharded gossip
 (:mod:`market.sim.gossip`) and a fake engine that produces deterministic tokens
 (token *i* of a job depends only on the job and *i*, so a failover that resumes from
-the delivered prefix yields the same output as an uninterrupted run).
+the delivered prefix yields the same output as an uninterrupted run). Messages become
+events, and actions reach their handlers, through :mod:`market.protocol.driver`, as
+in the node and the SDK; the machines run with the shipped settings (the
+``BuyerConfig``/``ProviderConfig`` defaults and ``[market] bid_window_ms``).
 
 Faults, all drawn from the seed: crashes (the node's machines vanish; half the
 buyers see an EOF at once, the others must notice the silence), rejoins, freezes
@@ -28,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from market.config import MarketSection
 from market.protocol import actions as A
 from market.protocol import events as E
 from market.protocol.auction import WeightedScorer
@@ -70,7 +74,10 @@ _DELIVER, _TIMER, _ENGINE, _ARRIVAL, _FAULT, _RFQ, _EOF = range(7)
 
 _REGION_NAMES = ("us-east", "us-west", "eu-west", "ap-south")
 _MESH_HOP_S = 0.015  # one GossipSub forwarding hop inside a shard
-_BID_WINDOW_MS = 300
+# The machines run as shipped, so the figures describe the market people run: the
+# buyer and provider machines with their defaults (what the SDK and `hearth node` use)
+# and the bid window of hearth.toml's [market] section.
+_BID_WINDOW_MS = MarketSection().bid_window_ms
 
 
 class _Reputation:
@@ -105,10 +112,8 @@ class Simulation:
         self.model_ids = [model_id(i) for i in range(cfg.models)]
         self.rep = _Reputation()
         self.scorer = WeightedScorer()
-        self.buyer_cfg = BuyerConfig(accept_timeout_s=1.5, silence_timeout_s=3.0, max_rounds=8)
-        self.provider_cfg = ProviderConfig(
-            bid_ttl_s=8.0, heartbeat_interval_s=1.0, payment_timeout_s=4.0
-        )
+        self.buyer_cfg = BuyerConfig()
+        self.provider_cfg = ProviderConfig()
         self.rate = max(cfg.providers * cfg.jobs_per_provider_s, 0.5)
         self.horizon = cfg.jobs / self.rate  # expected arrival span, seconds
         max_job_cost = cfg.max_tokens * cfg.max_price_per_1k // 1000 + 1
