@@ -45,7 +45,8 @@ _ADDR = bytes(20)
 _HASH = bytes(32)
 
 
-def _emit(obj: dict[str, Any]) -> None:
+def emit(obj: dict[str, Any]) -> None:
+    """Write ``obj`` as one JSON line on stdout (the driver reads it)."""
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
@@ -228,7 +229,7 @@ class Peer:
         if cmd == "stats":
             return net.stats()
         if cmd == "rss":
-            return {"rss_mb": _rss_mb(), "cpu_s": _cpu_s()}
+            return {"rss_mb": rss_mb(), "cpu_s": cpu_s()}
         if cmd == "bench_publish":
             return {"sent": await self.bench_publish(req)}
         if cmd == "bench_results":
@@ -259,20 +260,21 @@ async def bench_publish_schedule(
     return count
 
 
-def _cpu_s() -> float:
+def cpu_s() -> float:
     """CPU seconds (user + system) this process has used so far."""
     t = os.times()
     return t.user + t.system
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
-async def _lines(stream: trio.abc.ReceiveStream) -> Any:
+async def read_lines(stream: trio.abc.ReceiveStream) -> Any:
+    """The non-blank lines of ``stream``, as bytes, until it ends."""
     buf = b""
     while True:
         chunk = await stream.receive_some(65536)
@@ -311,21 +313,21 @@ async def main(args: argparse.Namespace, peer_class: type[Peer] = Peer) -> None:
                 rx = await net.subscribe(rfq_topic(model), rfq_check(model))
                 nursery.start_soon(peer.consume_rfqs, rx)
                 nursery.start_soon(net.provide, model)
-            _emit({"event": "ready", "peer_id": net.peer_id, "addrs": net.addrs})
+            emit({"event": "ready", "peer_id": net.peer_id, "addrs": net.addrs})
             stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-            async for line in _lines(stdin):
+            async for line in read_lines(stdin):
                 try:
                     req = json.loads(line)
                 except ValueError:
-                    _emit({"ok": False, "error": "bad json"})
+                    emit({"ok": False, "error": "bad json"})
                     continue
                 if req.get("cmd") == "quit":
                     break
                 try:
                     res = await peer.handle(req)
-                    _emit({"ok": True, "id": req.get("id"), **res})
+                    emit({"ok": True, "id": req.get("id"), **res})
                 except Exception as e:
-                    _emit({"ok": False, "id": req.get("id"), "error": f"{type(e).__name__}: {e}"})
+                    emit({"ok": False, "id": req.get("id"), "error": f"{type(e).__name__}: {e}"})
             nursery.cancel_scope.cancel()
 
 

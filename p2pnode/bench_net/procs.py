@@ -71,7 +71,7 @@ class PeerProcess:
     def wait_ready(self) -> PeerProcess:
         """Block until the child's ready line (stops the child on failure)."""
         try:
-            self.info = self._next(self._ready_timeout)
+            self.info = self.next_reply(self._ready_timeout)
         except Exception:
             self.stop()
             raise
@@ -93,7 +93,8 @@ class PeerProcess:
             self._lines.put(line)
         self._lines.put(None)
 
-    def _next(self, timeout: float) -> dict[str, Any]:
+    def next_reply(self, timeout: float) -> dict[str, Any]:
+        """The child's next JSON line, within ``timeout`` s (raises if it never comes)."""
         while True:
             try:
                 line = self._lines.get(timeout=timeout)
@@ -107,7 +108,7 @@ class PeerProcess:
                 return result
 
     def send_raw(self, req: dict[str, Any]) -> None:
-        """Send one command without waiting (read the reply later with ``_next``)."""
+        """Send one command without waiting (read the reply later with :meth:`next_reply`)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
@@ -117,7 +118,7 @@ class PeerProcess:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
         self.proc.stdin.flush()
-        return self._next(timeout)
+        return self.next_reply(timeout)
 
     def call(self, cmd: str, timeout: float = 30.0, **kwargs: Any) -> dict[str, Any]:
         """Send one command and return its reply; raises on error replies."""

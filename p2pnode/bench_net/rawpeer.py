@@ -27,11 +27,11 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2pnode.bench_net.peer import (
     BENCH_TOPIC,
-    _cpu_s,
-    _emit,
-    _lines,
-    _rss_mb,
     bench_publish_schedule,
+    cpu_s,
+    emit,
+    read_lines,
+    rss_mb,
 )
 
 
@@ -68,9 +68,9 @@ async def main() -> None:
         nursery.start_soon(consume)
         me = host.get_id().to_base58()
         addrs = [f"{a}/p2p/{me}" for a in host.get_addrs()]
-        _emit({"event": "ready", "peer_id": me, "addrs": addrs})
+        emit({"event": "ready", "peer_id": me, "addrs": addrs})
         stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-        async for line in _lines(stdin):
+        async for line in read_lines(stdin):
             req: dict[str, Any] = json.loads(line)
             cmd = req.get("cmd")
             if cmd == "quit":
@@ -99,10 +99,10 @@ async def main() -> None:
             elif cmd == "bench_results":
                 res = {"received": len(latencies), "latencies": latencies}
             elif cmd == "rss":
-                res = {"rss_mb": _rss_mb(), "cpu_s": _cpu_s()}
+                res = {"rss_mb": rss_mb(), "cpu_s": cpu_s()}
             elif cmd == "stats":
                 res = {"pubsub": {"dropped_full": 0}}
-            _emit({"ok": True, **res})
+            emit({"ok": True, **res})
         nursery.cancel_scope.cancel()
 
 

@@ -124,7 +124,7 @@ def _gossip(
             )
     for p, n in zip(peers, shares, strict=True):
         if n:
-            p._next(seconds * 3 + 30)
+            p.next_reply(seconds * 3 + 30)
     expected = count * (procs - 1)
     received, last, quiet_since = 0, -1, time.perf_counter()
     stop_at = time.perf_counter() + 60
