@@ -443,3 +443,39 @@ def test_every_path_and_module_the_whitepaper_names_exists() -> None:
         if not _exists_in_repo(m.group(1)):
             missing.append(f"whitepaper.md:{text.count(chr(10), 0, m.start()) + 1}: {m.group(1)}")
     assert not missing, "named in the whitepaper, not in the repository:\n" + "\n".join(missing)
+
+
+def _layers() -> list[list[str]]:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    return [[m.strip() for m in layer.split("|")] for layer in contract["layers"]]
+
+
+def test_architecture_md_draws_the_enforced_layers_in_order() -> None:
+    """ARCHITECTURE.md's diagram names every module of every layer of the import
+    contract (fully, or by its last part after the first name of its row), top to
+    bottom in the contract's order."""
+    text = _text(ROOT / "ARCHITECTURE.md")
+    diagram = text.split("```")[1].splitlines()
+    problems = []
+    last = -1
+    for layer in _layers():
+        rows = []
+        for module in layer:
+            short = module.rsplit(".", 1)[-1]
+            hits = [
+                i
+                for i, line in enumerate(diagram)
+                if re.search(rf"(^|[\s|]){re.escape(module)}($|[\s|])", line)
+                or re.search(rf"\|\s*{re.escape(short)}($|[\s|])", line)
+            ]
+            if not hits:
+                problems.append(f"{module} is not in ARCHITECTURE.md's diagram")
+            else:
+                rows.append(hits[0])
+        if rows and min(rows) <= last:
+            problems.append(f"layer {' | '.join(layer)} is drawn above a layer it sits below")
+        last = max(rows, default=last)
+    assert not problems, "\n".join(problems)
