@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Annotated
 
 import typer
+
+
+class Dtype(enum.StrEnum):
+    """The dtypes the engine and its baselines run in (``p2pnode.serving.bench.DTYPES``)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -90,9 +98,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ] = None,
         max_batch: Annotated[int, typer.Option(min=1, max=256)] = 32,
         dtype: Annotated[
-            str | None,
+            Dtype | None,
             typer.Option(
-                help="float32 or bfloat16, for the engine and the baselines "
+                help="For the engine and the baselines "
                 "(default: float32 on the CPU; bf16 uses oneDNN's avx512_bf16 kernels)."
             ),
         ] = None,
@@ -117,12 +125,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Workload mixed32 on the engine vs transformers (sequential, static batches of 8)."""
-        from p2pnode.serving.bench import DTYPES, run_benchmark
+        from p2pnode.serving.bench import run_benchmark
         from p2pnode.serving.loader import ModelLoadError
-
-        if dtype is not None and dtype not in DTYPES:
-            typer.echo(f"error: --dtype must be one of {', '.join(DTYPES)}", err=True)
-            raise typer.Exit(2)
 
         try:
             result = run_benchmark(
@@ -133,7 +137,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 vllm_python=vs_vllm,
                 max_batch=max_batch,
                 max_step_tokens=max_step_tokens,
-                dtype=dtype,
+                dtype=None if dtype is None else dtype.value,
                 threads=threads,
                 repeat=repeat,
                 attention_kernel=not no_attention_kernel,

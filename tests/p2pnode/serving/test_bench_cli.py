@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -47,4 +48,11 @@ def test_bench_serving_without_the_kernel_says_so() -> None:
 
 def test_bench_serving_refuses_a_bad_dtype() -> None:
     result = runner.invoke(app, ["bench", "serving", "--dtype", "float16"])
-    assert result.exit_code == 2 and "--dtype must be one of float32, bfloat16" in result.output
+    assert result.exit_code == 2
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # rich's box, unwrapped
+    assert "'float16' is not one of 'float32', 'bfloat16'" in said
+    # the enum is the engine's own list, not a copy that can drift
+    from p2pnode.cli.serving import Dtype
+    from p2pnode.serving.bench import DTYPES
+
+    assert tuple(d.value for d in Dtype) == DTYPES
