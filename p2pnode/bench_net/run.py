@@ -44,6 +44,7 @@ import sys
 import time
 from typing import Any
 
+from market.stats import percentile
 from p2pnode.bench_net.procs import PeerProcess, spawn_bootstrap, spawn_peer, stop_all
 
 __all__ = ["print_table", "run_bench"]
@@ -56,13 +57,6 @@ WARMUP_MAX_S = 30.0
 """The warm-up goes on past WARMUP_S while peers are still busy starting, up to this."""
 IDLE_CORES_PER_PROC = 0.01
 """'Quiet' for the warm-up: under this CPU per peer process over the last second."""
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def _machine_busy_s() -> float:
@@ -148,8 +142,8 @@ def _gossip(
         "messages": count,
         "delivery_ratio": received / expected if expected else 1.0,
         "latency_ms": {
-            "p50": 1000 * _pct(lat, 0.50),
-            "p95": 1000 * _pct(lat, 0.95),
+            "p50": 1000 * percentile(lat, 0.50),
+            "p95": 1000 * percentile(lat, 0.95),
             "max": 1000 * max(lat) if lat else float("nan"),
         },
         "mesh_formation_s": mesh_s,
