@@ -17,26 +17,10 @@ import pytest
 
 from market.gateway import create_app
 from market.gateway.app import MAX_BODY_BYTES, MAX_JSON_DEPTH, json_depth
+from tests.market.gateway.test_gateway_validation import RefusingBackend
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
-
-
-class RefusingBackend:
-    """Fails the test if a refused request ever reaches the market."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def list_models(self) -> list[str]:
-        return ["smollm2"]
-
-    def knows_model(self, model: str) -> bool:
-        return model == "smollm2"
-
-    def generate(self, **kwargs: object) -> object:
-        self.calls += 1
-        raise AssertionError("a refused request reached the market")
 
 
 @pytest.fixture
