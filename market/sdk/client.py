@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from market.config import MarketSection
 from market.ledger import Ledger
 from market.protocol import (
     Bid,
@@ -107,7 +108,7 @@ class ClientConfig:
     """Buyer-side knobs: price ceiling, auction window, region preference, timeouts."""
 
     max_price_per_1k: int | None = None  # None: twice the cheapest offer seen for the model
-    bid_window_ms: int = 400
+    bid_window_ms: int = MarketSection().bid_window_ms  # the shipped [market] default
     direct_rfq: int = 4  # round 1 asks this many known providers straight (0: gossip only)
     region: str = ""
     machine: BuyerConfig = field(default_factory=BuyerConfig)
