@@ -15,10 +15,10 @@ The parts, by role (vLLM v1 is the model):
 * **output processing** (:mod:`.output_processor`): detokenising, stop strings,
   logprobs, called by the core after each step;
 * **this module**: the trio side. It talks to the core only through its thread-safe
-  inbox; output comes back with ``TrioToken.run_sync_soon`` — one callback per step
-  carrying the chunks of every request in the batch — onto per-request unbounded
-  memory channels (a request can never produce more than ``max_tokens`` chunks, so
-  the buffer is bounded by that).
+  inbox; output comes back (:mod:`.bridge`) with ``TrioToken.run_sync_soon`` — one
+  callback per step carrying the chunks of every request in the batch — onto
+  per-request unbounded memory channels (a request can never produce more than
+  ``max_tokens`` chunks, so the buffer is bounded by that).
 
 Back-pressure: at most ``max_pending`` requests are admitted at once; further
 ``generate`` calls wait for a place. :meth:`Engine.pause` / :meth:`Engine.resume`
@@ -29,12 +29,11 @@ while it runs: a second request under the same id is refused meanwhile.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -50,11 +49,11 @@ from p2pnode.serving.api import (
     GenerationRequest,
     TokenLogprob,
 )
+from p2pnode.serving.bridge import TrioBridge
 from p2pnode.serving.core import EngineCore, EngineStats
 from p2pnode.serving.device import DevicePlan
 from p2pnode.serving.input_processor import InputProcessor
 from p2pnode.serving.loader import LoadedModel
-from p2pnode.serving.output_processor import Keyed
 from p2pnode.serving.tokenizer import Tokenizer
 
 __all__ = ["Engine", "EngineStats"]
@@ -99,6 +98,7 @@ class Engine:
         attention_kernel: bool | None = None,
     ) -> None:
         self.loaded = model
+        self._bridge = bridge = TrioBridge()
         self._core = EngineCore(
             model,
             plan_args=dict(
@@ -115,19 +115,17 @@ class Engine:
             max_step_tokens=max_step_tokens,
             compile=compile,
             num_threads=num_threads,
-            deliver=self._deliver,
-            reply=lambda done, result: self._post(lambda: done(result)),
+            deliver=bridge.deliver,
+            reply=bridge.reply,
         )
         self._names = frozenset({model.model_id, model.name, *aliases})
         self._slots = trio.Semaphore(max_pending)
         self._intake = trio.CapacityLimiter(_INTAKE_THREADS)
         self._inputs: InputProcessor | None = None
         self._thread: threading.Thread | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
         self._closed = True
         self._keys = itertools.count()
         self._streams: dict[str, _Stream] = {}  # by request id
-        self._sends: dict[str, trio.MemorySendChannel[GenerationChunk]] = {}  # by key
 
     # ------------------------------------------------------------------ properties
     @property
@@ -185,8 +183,8 @@ class Engine:
         """
         if not self._closed:
             return
-        self._token = trio.lowlevel.current_trio_token()
-        core = self._core
+        self._bridge.token = trio.lowlevel.current_trio_token()
+        core, post = self._core, self._bridge.post
         built = trio.Event()
         failed: list[BaseException] = []
 
@@ -197,7 +195,7 @@ class Engine:
                 failed.append(e)
                 return
             finally:
-                self._post(built.set)
+                post(built.set)
             core.run()
 
         self._thread = threading.Thread(target=main, name="hearth-engine", daemon=True)
@@ -317,7 +315,7 @@ class Engine:
                     )
                     return
                 send, recv = trio.open_memory_channel[GenerationChunk](math.inf)
-                self._sends[stream.key] = send
+                self._bridge.sends[stream.key] = send
                 stream.added = True
                 self._core.add(req, paused=stream.paused)
                 finished = False
@@ -329,7 +327,7 @@ class Engine:
                                 finished = True
                                 break
                 finally:
-                    self._sends.pop(stream.key, None)
+                    self._bridge.sends.pop(stream.key, None)
                     if not finished:
                         self._core.abort(stream.key)
             finally:
@@ -378,22 +376,3 @@ class Engine:
         if isinstance(box["r"], BaseException):
             raise EngineError(f"scoring failed: {box['r']!r}") from box["r"]
         return list(box["r"])
-
-    # ------------------------------------------------------------------ from the core's thread
-    def _post(self, fn: Callable[[], None]) -> None:
-        assert self._token is not None
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(fn)
-
-    def _deliver(self, chunks: list[Keyed]) -> None:
-        self._post(partial(self._send_all, chunks))
-
-    def _send_all(self, chunks: list[Keyed]) -> None:  # on the trio thread
-        for key, chunk in chunks:
-            send = self._sends.get(key)
-            if send is None:
-                continue  # its reader has gone
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                send.send_nowait(chunk)
-            if chunk.finish_reason is not None:
-                send.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -117,3 +119,17 @@ async def test_intake_runs_off_the_event_loop_and_ids_are_unique(
             await engine.complete(_req("same", 2))
         await stream.aclose()  # ends it; the id is free again
         assert (await engine.complete(_req("same", 2))).finish_reason == "length"
+
+
+async def test_a_closed_engine_is_freed_at_once(smollm: LoadedModel) -> None:
+    """No reference cycle keeps an engine's weights alive (bench --repeat builds several)."""
+    gc.disable()
+    try:
+        engine = Engine(smollm, max_batch=2, max_model_len=64)
+        async with engine:
+            assert len((await engine.complete(_req("x", 2))).token_ids) == 2
+        ref = weakref.ref(engine)
+        del engine
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -78,7 +78,8 @@ def test_a_paused_sequence_is_preempted_first_and_recomputed_on_resume() -> None
 def test_scheduler_and_request_side_import_without_torch() -> None:
     code = (
         "import p2pnode.serving.scheduler, p2pnode.serving.input_processor, "
-        "p2pnode.serving.output_processor, p2pnode.serving.request, p2pnode.serving, sys\n"
+        "p2pnode.serving.output_processor, p2pnode.serving.request, p2pnode.serving.bridge, "
+        "p2pnode.serving, sys\n"
         "from p2pnode.serving import GenerationRequest, BadRequestError\n"
         'assert "torch" not in sys.modules, "torch was imported"\n'
         "from p2pnode.serving import Engine, EngineStats, load_model, cpu_attention\n"
