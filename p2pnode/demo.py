@@ -137,8 +137,11 @@ class Demo:
                 name, p.address, str(served), f"earned {token.balance_of(p.address) / 1e6:.6f}"
             )
         buyer = m.ids["buyer"].eth_address
-        spent = m.deposit - hub.balance_of(buyer, dep.token)
+        # What the buyer still has: its free balance and what it locked for providers.
+        locked = sum(hub.collateral(buyer, m.node(n).address, dep.token).locked for n in HOMEOWNERS)
+        spent = m.deposit - hub.balance_of(buyer, dep.token) - locked
         table.add_row("buyer", buyer, "", f"spent {spent / 1e6:.6f}")
+        table.add_row("", "", "", f"locked {locked / 1e6:.6f}")
         table.add_row(
             "treasury (fee)", dep.treasury, "", f"{hub.accrued_fees(dep.token) / 1e6:.6f}"
         )
