@@ -52,6 +52,7 @@ class Collateral:
         token: bytes,
         *,
         top_up_multiple: int = 8,
+        max_age_s: float = 30.0,
     ) -> None:
         if top_up_multiple < 1:
             raise ValueError("top_up_multiple must be >= 1")
@@ -60,8 +61,12 @@ class Collateral:
         self.buyer = buyer
         self.token = token
         self.top_up_multiple = top_up_multiple
+        self.max_age_s = max_age_s
         self.locks_sent = 0
-        self._cover: dict[bytes, int] = {}  # as last read or locked by us
+        # (cover, when) as last read or locked by us. Only this buyer can lower a cover
+        # (an unlock notice), but perhaps from another process (`hearth unlock`): a
+        # reading is trusted for max_age_s, then read again.
+        self._cover: dict[bytes, tuple[int, float]] = {}
         self._busy: dict[bytes, trio.Lock] = {}
 
     async def ensure(self, provider: bytes, need: int) -> int:
@@ -71,12 +76,12 @@ class Collateral:
         shortfall (nothing is locked then).
         """
         known = self._cover.get(provider)
-        if known is not None and known >= need:
-            return known  # only we can lower a channel's cover (an unlock notice)
+        if known is not None and known[0] >= need and trio.current_time() < known[1]:
+            return known[0]
         lock = self._busy.setdefault(provider, trio.Lock())
         async with lock:  # one top-up per provider at a time; others wait and re-check
             cover = await self.chain.run(self.hub.cover, self.buyer, provider, self.token)
-            self._cover[provider] = cover
+            self._remember(provider, cover)
             if cover >= need:
                 return cover
             short = need - cover
@@ -90,5 +95,8 @@ class Collateral:
                 )
             await self.chain.run(self.hub.lock, provider, self.token, amount)
             self.locks_sent += 1
-            self._cover[provider] = cover + amount
+            self._remember(provider, cover + amount)
             return cover + amount
+
+    def _remember(self, provider: bytes, cover: int) -> None:
+        self._cover[provider] = (cover, trio.current_time() + self.max_age_s)

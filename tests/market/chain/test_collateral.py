@@ -93,3 +93,26 @@ async def test_the_sdk_says_why_when_the_free_deposit_cannot_cover_a_provider(
     with pytest.raises(InsufficientFundsError, match="hearth unlock"):
         await collateral.ensure(second.address_bytes, 1)
     assert market.hub().collateral(buyer, second.address_bytes, token).locked == 0
+
+
+async def test_an_unlock_given_elsewhere_is_noticed_once_the_reading_ages(
+    market: Market, autojump_clock: object
+) -> None:
+    """`hearth unlock` runs in another process than the buyer's client: the client's
+    reading of a cover is trusted for ``max_age_s`` only, then read again (and topped
+    up), so it never awards against money under notice to leave."""
+    import trio
+
+    token = bytes.fromhex(market.deployment.token[2:])
+    buyer = market.buyer.address_bytes
+    provider = market.provider.address_bytes
+    collateral = Collateral(
+        market.hub(market.buyer), TrioChain(), buyer, token, top_up_multiple=1, max_age_s=30
+    )
+    assert await collateral.ensure(provider, 1_000) == 1_000
+    market.hub(market.buyer).request_unlock(market.provider.address, market.deployment.token, 1_000)
+    assert await collateral.ensure(provider, 1_000) == 1_000  # the fresh reading
+    await trio.sleep(31)
+    assert await collateral.ensure(provider, 1_000) == 1_000  # re-read (0 firm), locked again
+    assert collateral.locks_sent == 2
+    assert market.hub().cover(buyer, provider, token) == 1_000
