@@ -149,8 +149,7 @@ class Engine:
     @property
     def decode_kernel(self) -> bool:
         """Whether decode attention runs in the CPU kernel (:mod:`.cpu_attention`)."""
-        runner = self._core.runner
-        return runner is not None and runner.decode_kernel is not None
+        return self._core.decode_kernel
 
     @property
     def max_len(self) -> int:
