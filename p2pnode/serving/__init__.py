@@ -12,7 +12,7 @@ Public API (what the node, the SDK's local baseline and the benchmarks call)::
 
 Parts, by role (vLLM v1 is the model): :mod:`.engine` (the async API, on trio),
 :mod:`.input_processor` (validation, chat template, tokenisation; off the event
-loop), :mod:`.core` (the thread that owns every torch call and steps: schedule →
+loop, in :mod:`.intake`), :mod:`.core` (the thread that owns every torch call and steps: schedule →
 execute → update), :mod:`.output_processor` (detokenising, stop strings, logprobs),
 :mod:`.bridge` (the core's output posted back to trio);
 under the core :mod:`.scheduler` (torch-free step decisions), :mod:`.kv_manager` (slots

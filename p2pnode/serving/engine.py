@@ -9,7 +9,8 @@
 The parts, by role (vLLM v1 is the model):
 
 * **input processing** (:mod:`.input_processor`): validation, chat template,
-  tokenisation, limits; run in a worker thread, never on the event loop;
+  tokenisation, limits; run in a worker thread (:mod:`.intake`), never on the event
+  loop;
 * **the core** (:mod:`.core`): one thread that owns the scheduler, the runner and
   every torch call, and steps: *schedule → execute → update*;
 * **output processing** (:mod:`.output_processor`): detokenising, stop strings,
@@ -35,7 +36,6 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -53,12 +53,11 @@ from p2pnode.serving.bridge import TrioBridge
 from p2pnode.serving.core import EngineCore, EngineStats
 from p2pnode.serving.device import DevicePlan
 from p2pnode.serving.input_processor import InputProcessor
+from p2pnode.serving.intake import Intake
 from p2pnode.serving.loader import LoadedModel
 from p2pnode.serving.tokenizer import Tokenizer
 
 __all__ = ["Engine", "EngineStats"]
-
-_INTAKE_THREADS = 2  # requests tokenised at once (pure Python/Rust; no torch there)
 
 
 @dataclass(slots=True)
@@ -120,8 +119,8 @@ class Engine:
         )
         self._names = frozenset({model.model_id, model.name, *aliases})
         self._slots = trio.Semaphore(max_pending)
-        self._intake = trio.CapacityLimiter(_INTAKE_THREADS)
         self._inputs: InputProcessor | None = None
+        self._intake: Intake | None = None
         self._thread: threading.Thread | None = None
         self._closed = True
         self._keys = itertools.count()
@@ -220,6 +219,7 @@ class Engine:
             block_size=plan.block_size,
             num_blocks=plan.num_blocks,
         )
+        self._intake = Intake(self._inputs)
         self._closed = False
 
     async def aclose(self) -> None:
@@ -287,11 +287,10 @@ class Engine:
         stream = _Stream(key=str(next(self._keys)))
         self._streams[rid] = stream
         try:
-            assert self._inputs is not None
-            process = partial(self._inputs.process, request, key=stream.key, request_id=rid)
+            assert self._intake is not None
             req = None
             with stream.intake:  # tokenising, then waiting for a place: cancel() ends both
-                req = await trio.to_thread.run_sync(process, limiter=self._intake)
+                req = await self._intake.process(request, key=stream.key, request_id=rid)
                 await self._slots.acquire()
             if stream.cancelled:  # by cancel() or aclose() before the core had it
                 if req is not None and not stream.intake.cancelled_caught:

@@ -6,12 +6,14 @@ import gc
 import threading
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
 
 from p2pnode.serving import BadRequestError, Engine, GenerationChunk, GenerationRequest, LoadedModel
 from p2pnode.serving.input_processor import InputProcessor
+from p2pnode.serving.intake import Intake
 from p2pnode.serving.request import EngineRequest
 
 
@@ -119,6 +121,29 @@ async def test_intake_runs_off_the_event_loop_and_ids_are_unique(
             await engine.complete(_req("same", 2))
         await stream.aclose()  # ends it; the id is free again
         assert (await engine.complete(_req("same", 2))).finish_reason == "length"
+        # a burst (one scheduling round) is processed in one thread call, one a time
+        # would trickle into the core; a bad request in it fails alone
+        calls: list[int] = []
+        run = Intake._run
+
+        def count(self: Intake, burst: list[Any]) -> None:
+            calls.append(len(burst))
+            run(self, burst)
+
+        monkeypatch.setattr(Intake, "_run", count)
+        done: list[str | None] = []
+
+        async def one(i: int) -> None:
+            try:
+                done.append((await engine.complete(_req(f"burst{i}", 2))).finish_reason)
+            except BadRequestError:
+                done.append("refused")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(6):
+                nursery.start_soon(one, i)
+            nursery.start_soon(one, 0)  # the same id twice: refused before intake
+        assert calls == [6] and sorted(map(str, done)) == ["length"] * 6 + ["refused"]
 
 
 async def test_a_closed_engine_is_freed_at_once(smollm: LoadedModel) -> None:

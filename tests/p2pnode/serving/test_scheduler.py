@@ -79,6 +79,7 @@ def test_scheduler_and_request_side_import_without_torch() -> None:
     code = (
         "import p2pnode.serving.scheduler, p2pnode.serving.input_processor, "
         "p2pnode.serving.output_processor, p2pnode.serving.request, p2pnode.serving.bridge, "
+        "p2pnode.serving.intake, "
         "p2pnode.serving, sys\n"
         "from p2pnode.serving import GenerationRequest, BadRequestError\n"
         'assert "torch" not in sys.modules, "torch was imported"\n'
