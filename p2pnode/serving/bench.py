@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from market.stats import percentile
+
 __all__ = ["DTYPES", "Workload", "make_workload", "run_benchmark"]
 
 DTYPES = ("float32", "bfloat16")
@@ -56,13 +58,6 @@ def make_workload(n: int = 32, seed: int = 1234, vocab: int = 49152) -> Workload
         prompts.append([rng.randrange(100, vocab) for _ in range(p)])
         outputs.append(rng.randint(16, 128))
     return Workload(prompts, outputs)
-
-
-def _pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 def peak_rss_mb() -> float:
@@ -120,8 +115,8 @@ def run_engine(
     trio.run(main)
     assert produced == wl.outputs, "engine produced a different number of tokens"
     out["tokens_per_s"] = wl.output_tokens / out["wall_s"]
-    out["ttft_ms"] = {"p50": _pct(ttft, 0.5), "p95": _pct(ttft, 0.95)}
-    out["itl_ms"] = {"p50": _pct(itl, 0.5), "p95": _pct(itl, 0.95)}
+    out["ttft_ms"] = {"p50": percentile(ttft, 0.5), "p95": percentile(ttft, 0.95)}
+    out["itl_ms"] = {"p50": percentile(itl, 0.5), "p95": percentile(itl, 0.95)}
     return out
 
 
