@@ -28,7 +28,7 @@ from typing import Any
 import trio
 from starlette.requests import ClientDisconnect, Request
 
-from market.protocol import MAX_MESSAGE, ChatMessage, LocalProtocolError, Prompt, SamplingParams
+from market.protocol import MAX_MESSAGE, LocalProtocolError, Prompt
 from market.protocol.codec import encode_frame
 from market.sdk.types import GenerationParams
 
@@ -320,21 +320,7 @@ def _fits_the_wire(
     """Build and encode the Prompt the SDK will send, and refuse what the market cannot carry."""
     param = "messages" if messages is not None else "prompt"
     try:
-        wire = Prompt(
-            job_id=bytes(16),
-            messages=None
-            if messages is None
-            else tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages),
-            prompt=prompt,
-            params=SamplingParams(
-                temperature=p.temperature,
-                top_p=p.top_p,
-                top_k=p.top_k,
-                seed=p.seed,
-                stop=p.stop,
-                logprobs_top_k=p.logprobs_top_k,
-            ),
-        )
+        wire = p.prompt_message(bytes(16), messages, prompt)
         size = len(encode_frame(wire, Prompt.TAG, Prompt.VERSION, limit=4 * MAX_BODY_BYTES))
     except LocalProtocolError as exc:
         raise BadRequest(f"the market cannot carry this {param}: {exc}", param) from None

@@ -33,15 +33,12 @@ from market.config import MarketSection
 from market.ledger import Ledger
 from market.protocol import (
     Bid,
-    ChatMessage,
     Decline,
     Message,
     Offer,
-    Prompt,
     RemoteProtocolError,
     ReplayGuard,
     Rfq,
-    SamplingParams,
     Voucher,
 )
 from market.protocol.actions import (
@@ -284,21 +281,7 @@ class Client:
             region=self.config.region,
             bid_window_ms=self.config.bid_window_ms,
         )
-        prompt = Prompt(
-            job_id=job_id,
-            messages=tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages)
-            if messages is not None
-            else None,
-            prompt=prompt_text,
-            params=SamplingParams(
-                temperature=p.temperature,
-                top_p=p.top_p,
-                top_k=p.top_k,
-                seed=p.seed,
-                stop=p.stop,
-                logprobs_top_k=p.logprobs_top_k,
-            ),
-        )
+        prompt = p.prompt_message(job_id, messages, prompt_text)
         job = BuyerJob(
             rfq=rfq,
             prompt=prompt,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from market.protocol import ChatMessage, Prompt, SamplingParams
+
 __all__ = [
     "BadRequestError",
     "Chunk",
@@ -49,6 +51,27 @@ class GenerationParams:
             problems.append(f"logprobs_top_k must be in 0..20, got {self.logprobs_top_k}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def prompt_message(
+        self, job_id: bytes, messages: list[dict[str, str]] | None, prompt: str | None
+    ) -> Prompt:
+        """The wire :class:`~market.protocol.Prompt` that carries a job's input and these
+        parameters (the one way the SDK and the gateway build it)."""
+        return Prompt(
+            job_id=job_id,
+            messages=None
+            if messages is None
+            else tuple(ChatMessage(role=m["role"], content=m["content"]) for m in messages),
+            prompt=prompt,
+            params=SamplingParams(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                seed=self.seed,
+                stop=self.stop,
+                logprobs_top_k=self.logprobs_top_k,
+            ),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
