@@ -12,6 +12,7 @@ order they must be carried out. The driver owns all I/O:
 * Engine control (provider): :class:`StartGeneration`, :class:`PauseGeneration`,
   :class:`ResumeGeneration`, :class:`StopGeneration`; capacity:
   :class:`ClaimSlot` / :class:`ReleaseSlot`.
+* Admission (buyer): :class:`AwaitCapacity` (every answering provider was busy).
 * Output (buyer): :class:`DeliverTokens`. Persistence (provider): :class:`StoreVoucher`.
 * :class:`ReportOutcome`: the machine reached a final state (always the last action).
 """
@@ -41,6 +42,7 @@ from market.protocol.outcomes import BuyerOutcome, ProviderOutcome
 
 __all__ = [
     "Action",
+    "AwaitCapacity",
     "ClaimSlot",
     "DeliverTokens",
     "PauseGeneration",
@@ -212,6 +214,16 @@ class StopGeneration(Action):
 
     job_id: bytes
     reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AwaitCapacity(Action):
+    """Every provider of ``rfq.model_id`` that answered was busy: put the job in the
+    buyer's admission queue; feed :class:`~market.protocol.events.CapacityFreed` when it
+    is its turn to try again (or :class:`~market.protocol.events.QueueFull`)."""
+
+    rfq: Rfq
+    busy: int  # providers that declined as busy this round
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -342,7 +342,11 @@ class BuyerJob(JobMachine):
         owed = cost_of(a.tokens, a.bid.price_per_1k) - a.paid
         if owed > 0:
             voucher = self.wallet.pay(
-                self.job_id, a.bid.provider_address, owed, reserved=self._reserved
+                self.job_id,
+                a.bid.provider_address,
+                owed,
+                reserved=self._reserved,
+                job_paid=a.paid + owed,
             )
             self._reserved -= owed
             a.paid += owed
@@ -364,7 +368,7 @@ class BuyerJob(JobMachine):
             return self._misbehaved("result commitment differs from the chunk chain", now)
         a.commitment = e.result_commitment
         self._prompt_tokens = e.prompt_tokens
-        self._segments.append(a.close())
+        self._leave(a)
         self.active = None
         out: list[Action] = [ScorePeer(peer=ev.sender, delta=0.05, reason="completed")]
         return out + self._complete(e.finish_reason, now)
@@ -472,7 +476,10 @@ class BuyerJob(JobMachine):
         prompt = self.prompt
         if self._delivered:
             prompt = dataclasses.replace(prompt, resume_token_ids=tuple(self._delivered))
-        cover = self.wallet.cumulative(bid.provider_address) + self._reserved
+        # What this provider may redeem once this award counts: every voucher signed to
+        # it plus every open job's budget with it (this one's included).
+        self.wallet.assign(bid.provider_address, self._reserved)
+        cover = self.wallet.cover_needed(bid.provider_address)
         return [
             SendAward(
                 to=bid.provider, message=award, provider_address=bid.provider_address, cover=cover
@@ -505,10 +512,15 @@ class BuyerJob(JobMachine):
         self._timer = now + self.config.round_backoff_s * self._round
         return []
 
+    def _leave(self, a: _Active) -> None:
+        """``a`` gets no more of this job's money: its unpaid assignment goes back."""
+        self.wallet.unassign(a.bid.provider_address, self._reserved)
+        self._segments.append(a.close())
+
     def _cancel_active(self, reason: str) -> SendCancel:
         a = self.active
         assert a is not None
-        self._segments.append(a.close())
+        self._leave(a)
         self._abandoned.add(a.bid.provider)
         self.active = None
         return SendCancel(
@@ -550,6 +562,9 @@ class BuyerJob(JobMachine):
         self, ok: bool, reason: str, detail: str, finish_reason: str, now: float
     ) -> list[Action]:
         self._timer = None
+        if self.active is not None:  # an award our own collateral could not back
+            self._leave(self.active)
+            self.active = None
         if self._reserved:
             self.wallet.release(self._reserved)
             self._reserved = 0

@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 from market.protocol.actions import (
     Action,
+    AwaitCapacity,
     ClaimSlot,
     DeliverTokens,
     PauseGeneration,
@@ -226,6 +227,10 @@ class BuyerDriver(Protocol[R_co]):
         """Put the RFQ out (gossip, or straight to known providers)."""
         ...
 
+    def await_capacity(self, action: AwaitCapacity) -> R_co:
+        """Queue the job until capacity frees (FIFO per model, bounded)."""
+        ...
+
     def send_award(self, action: SendAward) -> R_co:
         """Open the winner's session: lock ``action.cover`` for it, send the award."""
         ...
@@ -312,6 +317,7 @@ _ProviderRoute = Callable[[ProviderDriver[Any], Any], Any]
 
 _BUYER_ROUTES: dict[type[Action], _BuyerRoute] = {
     Publish: lambda d, a: d.publish(a),
+    AwaitCapacity: lambda d, a: d.await_capacity(a),
     SendAward: lambda d, a: d.send_award(a),
     SendVoucher: lambda d, a: d.send_voucher(a),
     SendPrompt: lambda d, a: d.send(a),

@@ -45,6 +45,7 @@ __all__ = [
     "BidReceived",
     "CancelReceived",
     "CancelRequested",
+    "CapacityFreed",
     "ChunkReceived",
     "CollateralShort",
     "DeadlinePassed",
@@ -56,9 +57,11 @@ __all__ = [
     "GenerationFinished",
     "HeartbeatReceived",
     "JobSubmitted",
+    "NotAwarded",
     "PeerDisconnected",
     "PeerEvent",
     "PromptReceived",
+    "QueueFull",
     "RfqDelivered",
     "RfqReceived",
     "TokensGenerated",
@@ -221,6 +224,23 @@ class CollateralShort(Event):
 
     peer: str
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapacityFreed(Event):
+    """The buyer's admission queue lets this waiting job try the market again."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueFull(Event):
+    """The buyer's admission queue has no room for this job (``detail`` says how full)."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotAwarded(Event):
+    """The buyer ended our bid's RFQ stream without an award: free the slot the bid holds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

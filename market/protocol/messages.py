@@ -226,6 +226,10 @@ class Offer(Message):
     gpus: Annotated[tuple[GpuInfo, ...], Size(0, 16)]
     models: Annotated[tuple[ModelOffer, ...], Size(0, 64)]
     ttl_s: Annotated[int, Range(1, 3600)]
+    # Measured by the node (warm-up, then live from its engine), never assumed:
+    free_slots: U32 = 0  # jobs it could start now (slots neither serving nor held by a bid)
+    tokens_per_s: Annotated[float, Range(0.0, 1e9)] = 0.0  # per job, at the current batch
+    ttft_ms: U32 = 0  # time to first token, recent median
 
 
 @register("rfq")
@@ -257,6 +261,7 @@ class Bid(Message):
     est_tokens_per_s: Annotated[float, Range(0.0, 1e9)]
     chunk_tokens: ChunkTokens
     credit_chunks: CreditChunks
+    free_slots: U32 = 0  # slots still free once this bid's own slot is held for it
 
 
 @register("decline")
@@ -357,6 +362,11 @@ class Voucher(Message):
     chain_id: Annotated[int, Range(1, 2**64 - 1)]
     contract: EthAddress
     signature: Annotated[bytes, Size(65, 65)]
+    # What this job has paid this provider so far, ``cumulative_amount`` included. Not
+    # part of the signed EIP-712 voucher: it attributes the channel's one cumulative
+    # total to the buyer's concurrent jobs, and the provider checks that the jobs'
+    # totals never add up to more than the signed cumulative (VoucherBook.accept).
+    job_paid: Amount = 0
 
 
 @register("cancel")

@@ -5,17 +5,30 @@ A *channel* is one buyer → provider pair on one payment contract (``token``,
 vouchers whose ``cumulative_amount`` is the total it owes that provider *over the
 channel's life*, so the provider only ever needs the latest voucher to redeem.
 
+A buyer may run many jobs on one provider at once. Their vouchers share the channel's
+one cumulative total, signed in order, but they travel on different streams and can
+arrive in any order, so a lower cumulative is not a voucher going back: it is an
+older one, already superseded. Each voucher also says what *its job* has paid in
+total (``job_paid``, not part of the signed voucher); the provider credits each job
+with that, and checks that all jobs' credits together never exceed what the signed
+cumulative added since it began accounting the channel. That sum holds whatever the
+arrival order (a job's total at signing time is at most its total when the newest
+voucher was signed, and those totals add up to that voucher's cumulative), so an
+honest buyer always passes it and a buyer that claims unsigned money is caught.
+
 * :class:`BuyerWallet` (buyer side) reserves each job's worst-case cost from the
-  deposit when the job starts, and turns "this job now owes provider P amount A"
-  into the next cumulative voucher. It never signs more than the deposit.
-* :class:`VoucherBook` (provider side) accepts a voucher only if its signature
-  verifies (an injected callback: the settlement code supplies the real EIP-712
-  check), its terms match, it moves forward, and it stays within the channel's
-  *cover*: what the channel redeemed plus the money the buyer locked for this very
-  provider on chain. Money the buyer merely deposited could be taken first by vouchers
-  it signed to others, so a provider's unpaid exposure to a buyer is bounded by the
-  credit of its open job, whatever the buyer does elsewhere. Anything else is the
-  buyer's fault: :class:`RemoteProtocolError`.
+  deposit when the job starts, tracks what its open jobs may still owe each provider
+  (the *cover* that provider needs), and turns "this job now owes provider P amount
+  A" into the next cumulative voucher. It never signs more than the deposit.
+* :class:`VoucherBook` (provider side) accepts a voucher only if its terms match, its
+  job's total moves forward, the jobs' totals stay within the signed cumulative, and
+  a new cumulative has a valid signature (an injected callback: the settlement code
+  supplies the real EIP-712 check) and stays within the channel's *cover*: what the
+  channel redeemed plus the money the buyer locked for this very provider on chain.
+  Money the buyer merely deposited could be taken first by vouchers it signed to
+  others, so a provider's unpaid exposure to a buyer is bounded by the credit of its
+  open jobs, whatever the buyer does elsewhere. Anything else is the buyer's fault:
+  :class:`RemoteProtocolError`.
 
 Both are plain objects, shared by every job machine of one node; they do no I/O.
 """
@@ -81,12 +94,13 @@ class BuyerWallet:
     True
     >>> w.reserve(600)        # would overcommit the deposit
     False
-    >>> w.pay(bytes(16), b"\\x02" * 20, 250, reserved=600).cumulative_amount
+    >>> w.pay(bytes(16), b"\\x02" * 20, 250, reserved=600, job_paid=250).cumulative_amount
     250
     """
 
     __slots__ = (
         "_cumulative",
+        "_open",
         "_reserved",
         "_spent",
         "buyer_address",
@@ -112,6 +126,7 @@ class BuyerWallet:
         self.terms = terms
         self.signer = signer
         self._cumulative: dict[bytes, int] = {}
+        self._open: dict[bytes, int] = {}  # provider → open jobs' budgets still unpaid
         self._reserved = 0  # sum of open jobs' reservations not yet spent
         self._spent = 0  # sum of every cumulative amount signed
 
@@ -128,6 +143,27 @@ class BuyerWallet:
     def cumulative(self, provider_address: bytes) -> int:
         """The last cumulative amount signed to ``provider_address`` (0 if none)."""
         return self._cumulative.get(provider_address, 0)
+
+    def cover_needed(self, provider_address: bytes) -> int:
+        """What ``provider_address`` may redeem at most: signed so far plus the budgets of
+        our jobs open with it (its vouchers are refused past what we locked for it)."""
+        return self._cumulative.get(provider_address, 0) + self._open.get(provider_address, 0)
+
+    def assign(self, provider_address: bytes, budget: int) -> None:
+        """A job's remaining ``budget`` may now be paid to ``provider_address``."""
+        if budget < 0:
+            raise LocalProtocolError("cannot assign a negative budget")
+        self._open[provider_address] = self._open.get(provider_address, 0) + budget
+
+    def unassign(self, provider_address: bytes, budget: int) -> None:
+        """A job left ``provider_address`` with ``budget`` of its assignment unpaid."""
+        held = self._open.get(provider_address, 0)
+        if not 0 <= budget <= held:
+            raise LocalProtocolError(f"unassign {budget} > assigned {held}")
+        if budget == held:
+            self._open.pop(provider_address, None)
+        else:
+            self._open[provider_address] = held - budget
 
     def restore(self, provider_address: bytes, cumulative: int) -> None:
         """Resume a channel after a restart: ``cumulative`` was signed in an earlier run.
@@ -158,17 +194,23 @@ class BuyerWallet:
             raise LocalProtocolError(f"release {amount} > reserved {self._reserved}")
         self._reserved -= amount
 
-    def pay(self, job_id: bytes, provider_address: bytes, amount: int, *, reserved: int) -> Voucher:
+    def pay(
+        self, job_id: bytes, provider_address: bytes, amount: int, *, reserved: int, job_paid: int
+    ) -> Voucher:
         """Owe ``provider_address`` ``amount`` more, out of a job's ``reserved`` budget.
 
         Moves ``amount`` from reserved to spent and returns the signed cumulative
-        voucher. ``reserved`` is the job's remaining reservation (the caller tracks it):
-        paying more than that is our bug, never the provider's.
+        voucher. ``reserved`` is the job's remaining reservation and ``job_paid`` what
+        the job will have paid this provider with this voucher (the caller tracks
+        both): paying more than reserved is our bug, never the provider's. A budget
+        :meth:`assign`-ed to the provider shrinks by ``amount``.
         """
         if amount <= 0:
             raise LocalProtocolError(f"payment must be positive, got {amount}")
         if amount > reserved or amount > self._reserved:
             raise LocalProtocolError(f"payment {amount} exceeds the job's reservation {reserved}")
+        if job_paid < amount:
+            raise LocalProtocolError(f"job_paid {job_paid} < this payment {amount}")
         cum = self._cumulative.get(provider_address, 0) + amount
         draft = VoucherDraft(
             job_id=job_id,
@@ -187,22 +229,36 @@ class BuyerWallet:
             chain_id=self.terms.chain_id,
             contract=self.terms.contract,
             signature=self.signer(draft),
+            job_paid=job_paid,
         )
         self._cumulative[provider_address] = cum
+        open_ = self._open.get(provider_address, 0)
+        if open_:
+            self.unassign(provider_address, min(open_, amount))
         self._reserved -= amount
         self._spent += amount
         return voucher
 
 
 class VoucherBook:
-    """The provider's channels: the latest accepted voucher per buyer.
+    """The provider's channels: the latest accepted voucher per buyer, and what its jobs
+    were credited.
 
     ``cover_of(buyer_address)`` returns the cumulative amount the channel is sure to pay
     (redeemed + locked for us − under notice to unlock), as the provider last saw it on
     chain; ``verifier(voucher)`` checks the signature.
     """
 
-    __slots__ = ("_latest", "_suspended", "cover_of", "provider_address", "terms", "verifier")
+    __slots__ = (
+        "_credited",
+        "_latest",
+        "_since",
+        "_suspended",
+        "cover_of",
+        "provider_address",
+        "terms",
+        "verifier",
+    )
 
     def __init__(
         self,
@@ -217,6 +273,10 @@ class VoucherBook:
         self.verifier = verifier
         self.cover_of = cover_of
         self._latest: dict[bytes, Voucher] = {}
+        # Per buyer: the cumulative when we began accounting its jobs (what an earlier
+        # run accepted), and the sum of what its jobs were credited since.
+        self._since: dict[bytes, int] = {}
+        self._credited: dict[bytes, int] = {}
         self._suspended: dict[bytes, str] = {}
 
     def cumulative(self, buyer_address: bytes) -> int:
@@ -224,15 +284,21 @@ class VoucherBook:
         v = self._latest.get(buyer_address)
         return 0 if v is None else v.cumulative_amount
 
+    def credited(self, buyer_address: bytes) -> int:
+        """What ``buyer_address``'s jobs were credited in this run (their ``job_paid`` summed)."""
+        return self._credited.get(buyer_address, 0)
+
     def restore(self, voucher: Voucher) -> None:
         """Take back a voucher accepted in an earlier run (from the node's ledger).
 
-        Without it a restarted node would credit a buyer's next voucher with the
+        Without it a restarted node would credit a buyer's next vouchers with the
         whole channel history instead of the increase.
         """
-        held = self._latest.get(voucher.buyer_address)
+        buyer = voucher.buyer_address
+        held = self._latest.get(buyer)
         if held is None or voucher.cumulative_amount > held.cumulative_amount:
-            self._latest[voucher.buyer_address] = voucher
+            self._latest[buyer] = voucher
+            self._since[buyer] = voucher.cumulative_amount - self._credited.get(buyer, 0)
 
     def suspend(self, buyer_address: bytes, cause: str) -> None:
         """Serve ``buyer_address`` no more: its channel changed under us (``cause``).
@@ -253,12 +319,16 @@ class VoucherBook:
         """The voucher to redeem for ``buyer_address`` (the highest accepted)."""
         return self._latest.get(buyer_address)
 
-    def accept(self, voucher: Voucher, *, buyer_address: bytes) -> int:
-        """Record ``voucher`` from ``buyer_address``; return how much it adds.
+    def accept(self, voucher: Voucher, *, buyer_address: bytes, job_paid: int) -> int:
+        """Credit ``voucher`` to its job, which was credited ``job_paid`` so far; return
+        how much more the job is paid (``voucher.job_paid − job_paid``).
 
-        Raises :class:`RemoteProtocolError` (and records nothing) when the voucher
-        names another channel or contract, goes backwards or stands still, exceeds the
-        channel's cover, or its signature does not verify.
+        A voucher whose cumulative is not above the one held is older (another of the
+        buyer's jobs overtook it on the way): it is kept for nothing, but its job is
+        still credited. Raises :class:`RemoteProtocolError` (and records nothing) when
+        the voucher names another channel or contract, its job's total does not move
+        forward, the jobs' totals would exceed what the signed cumulatives added, or a
+        new cumulative exceeds the channel's cover or its signature does not verify.
         """
         t = self.terms
         if voucher.buyer_address != buyer_address:
@@ -272,18 +342,31 @@ class VoucherBook:
             t.epoch,
         ):
             raise RemoteProtocolError("voucher is for another token, chain, contract or epoch")
-        prev = self.cumulative(buyer_address)
-        if voucher.cumulative_amount <= prev:
+        gain = voucher.job_paid - job_paid
+        if gain <= 0:
             raise RemoteProtocolError(
-                f"voucher goes backwards: {voucher.cumulative_amount} <= {prev}"
+                f"voucher does not move its job forward: job_paid {voucher.job_paid}"
+                f" <= {job_paid} already credited"
             )
-        cover = self.cover_of(buyer_address)
-        if voucher.cumulative_amount > cover:
+        held = self.cumulative(buyer_address)
+        newer = voucher.cumulative_amount > held
+        signed = voucher.cumulative_amount if newer else held
+        since = self._since.get(buyer_address, 0)
+        credited = self._credited.get(buyer_address, 0) + gain
+        if credited > signed - since:
             raise RemoteProtocolError(
-                f"voucher {voucher.cumulative_amount} exceeds what the buyer locked for us"
-                f" ({cover}, redeemed included)"
+                f"jobs claim {credited} paid but the buyer's vouchers add {signed - since}"
             )
-        if not self.verifier(voucher):
-            raise RemoteProtocolError("voucher signature does not verify")
-        self._latest[buyer_address] = voucher
-        return voucher.cumulative_amount - prev
+        if newer:
+            cover = self.cover_of(buyer_address)
+            if voucher.cumulative_amount > cover:
+                raise RemoteProtocolError(
+                    f"voucher {voucher.cumulative_amount} exceeds what the buyer locked for us"
+                    f" ({cover}, redeemed included)"
+                )
+            if not self.verifier(voucher):
+                raise RemoteProtocolError("voucher signature does not verify")
+            self._latest[buyer_address] = voucher
+        self._since.setdefault(buyer_address, since)
+        self._credited[buyer_address] = credited
+        return gain

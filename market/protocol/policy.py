@@ -41,8 +41,9 @@ class ProviderStatus:
     capacity: int  # jobs served at once
     queued: int = 0
     max_queue: int = 0
-    tokens_per_s: float  # per job, at normal power
+    tokens_per_s: float  # per job, at normal power (measured by the node)
     price_multiplier: float = 1.0  # from the power governor (throttling, tariff peaks)
+    ttft_ms: float | None = None  # measured time to first token (None: not measured yet)
 
     def __post_init__(self) -> None:
         if self.capacity < 0 or self.active_jobs < 0 or self.queued < 0 or self.max_queue < 0:
@@ -51,6 +52,11 @@ class ProviderStatus:
             raise LocalProtocolError("tokens_per_s must be > 0")
         if not self.price_multiplier >= 1.0:
             raise LocalProtocolError("price_multiplier must be >= 1")
+
+    @property
+    def free_slots(self) -> int:
+        """Slots neither serving a job nor held for an open bid."""
+        return max(0, self.capacity - self.active_jobs)
 
     @property
     def full(self) -> bool:
@@ -67,6 +73,7 @@ class Quote:
     est_tokens_per_s: float
     chunk_tokens: int
     credit_chunks: int
+    free_slots: int = 0  # slots still free once this bid holds its own
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,8 +91,9 @@ class BidPolicy(Protocol):
         """Answer an RFQ."""
         ...
 
-    def admit(self, award: Award, status: ProviderStatus) -> Refusal | None:
-        """Take an award (``None``) or refuse it (capacity or power changed since the bid)."""
+    def admit(self, award: Award, status: ProviderStatus, *, held: bool) -> Refusal | None:
+        """Take an award (``None``) or refuse it. ``held``: the bid still holds a slot
+        for it (only power can refuse it then); else capacity changed since the bid."""
         ...
 
 
@@ -146,19 +154,21 @@ class CostPlusPolicy:
                 detail=f"floor {price} > ceiling {rfq.max_price_per_1k}",
             )
         tps = self.throughput(status)
+        base = self.base_ttft_ms if status.ttft_ms is None else status.ttft_ms
         waiting = max(0, status.active_jobs + 1 - status.capacity)
-        ttft = self.base_ttft_ms + waiting * int(1000 * rfq.max_tokens / tps)
+        ttft = int(base) + waiting * int(1000 * rfq.max_tokens / tps)
         return Quote(
             price_per_1k=price,
             est_ttft_ms=min(ttft, 2**32 - 1),
             est_tokens_per_s=tps,
             chunk_tokens=self.chunk_tokens,
             credit_chunks=self.credit_chunks,
+            free_slots=max(0, status.free_slots - 1),
         )
 
-    def admit(self, award: Award, status: ProviderStatus) -> Refusal | None:
+    def admit(self, award: Award, status: ProviderStatus, *, held: bool) -> Refusal | None:
         if status.power_state in ("draining", "off"):
             return Refusal(reason=DeclineReason.POWER_SHED, detail=status.power_state)
-        if status.full:
+        if not held and status.full:
             return Refusal(reason=DeclineReason.BUSY, detail="no free slot")
         return None

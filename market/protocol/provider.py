@@ -4,11 +4,18 @@ One :class:`ProviderJob` per RFQ seen. Drive it like the buyer's:
 ``handle(event, now)`` returns actions; feed :class:`DeadlinePassed` whenever
 ``now >= next_deadline()``. All transitions sit in :data:`ProviderJob.TABLE`::
 
-    IDLE ──RfqReceived──▶ (policy) ──▶ BID_SENT | DONE(declined)
-    BID_SENT ──Award (terms match, policy admits)──▶ ACCEPTED  (ClaimSlot, SendAccept)
+    IDLE ──RfqReceived──▶ (policy) ──▶ BID_SENT (ClaimSlot, SendBid) | DONE(declined)
+    BID_SENT ──NotAwarded / hold over──▶ BID_SENT (ReleaseSlot: the bid stays open)
+    BID_SENT ──Award (terms match, policy admits)──▶ ACCEPTED  ([ClaimSlot,] SendAccept)
     ACCEPTED ──Prompt──▶ STREAMING  (StartGeneration)
     STREAMING ──TokensGenerated…──▶ SendChunk (chain hash) … ──GenerationFinished──▶
         SendEnd(result commitment) ──▶ FINISHING ──last voucher──▶ DONE
+
+Admission: a bid is made only with a free slot, and holds it (``ClaimSlot``) until
+the award, the buyer's "not awarded" (it ends the RFQ stream: :class:`NotAwarded`),
+or the end of the bid window plus ``award_grace_s``. An award within the hold is
+admitted on power alone; a later one (a buyer's failover to a runner-up) only if a
+slot is free then.
 
 Credit: a chunk goes out only while fewer than ``credit_chunks`` sent chunks are
 unpaid (a chunk is paid once the job's vouchers cover ``cost_of(tokens through that
@@ -58,6 +65,7 @@ from market.protocol.events import (
     Event,
     GenerationFailed,
     GenerationFinished,
+    NotAwarded,
     PeerDisconnected,
     PeerEvent,
     PromptReceived,
@@ -103,12 +111,19 @@ class ProviderConfig:
     """Timeouts (seconds) of the provider machine."""
 
     bid_ttl_s: float = 30.0  # how long a bid stays open for an award (failovers come late)
+    award_grace_s: float = 2.0  # a bid holds its slot for the bid window plus this
     prompt_timeout_s: float = 5.0
     heartbeat_interval_s: float = 1.0
     payment_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        for name in ("bid_ttl_s", "prompt_timeout_s", "heartbeat_interval_s", "payment_timeout_s"):
+        for name in (
+            "bid_ttl_s",
+            "award_grace_s",
+            "prompt_timeout_s",
+            "heartbeat_interval_s",
+            "payment_timeout_s",
+        ):
             if not getattr(self, name) > 0:
                 raise LocalProtocolError(f"{name} must be > 0")
 
@@ -134,6 +149,7 @@ class ProviderJob(JobMachine):
         "_generated",
         "_hb_seq",
         "_head",
+        "_hold_until",
         "_holds_slot",
         "_last_send",
         "_max_new",
@@ -198,6 +214,7 @@ class ProviderJob(JobMachine):
         self._last_send = 0.0
         self._hb_seq = 0
         self._holds_slot = False
+        self._hold_until: float | None = None  # a bid's slot is held until then
 
     # ------------------------------------------------------------- interface
 
@@ -222,6 +239,8 @@ class ProviderJob(JobMachine):
             if self._stalled_since is not None:
                 t = min(t, self._stalled_since + self.config.payment_timeout_s)
             return t
+        if st is ProviderState.BID_SENT and self._hold_until is not None:
+            return self._hold_until if self._timer is None else min(self._timer, self._hold_until)
         return self._timer
 
     # ------------------------------------------------------------- handlers
@@ -252,10 +271,25 @@ class ProviderJob(JobMachine):
             est_tokens_per_s=decision.est_tokens_per_s,
             chunk_tokens=decision.chunk_tokens,
             credit_chunks=decision.credit_chunks,
+            free_slots=decision.free_slots,
         )
         self.state = ProviderState.BID_SENT
         self._timer = now + self.config.bid_ttl_s
-        return [SendBid(to=rfq.buyer, message=self.bid)]
+        self._holds_slot = True
+        self._hold_until = now + rfq.bid_window_ms / 1000.0 + self.config.award_grace_s
+        return [ClaimSlot(job_id=rfq.job_id), SendBid(to=rfq.buyer, message=self.bid)]
+
+    def _drop_hold(self) -> list[Action]:
+        """The bid stays open, but its slot goes back to the node."""
+        self._hold_until = None
+        if not self._holds_slot:
+            return []
+        self._holds_slot = False
+        assert self.rfq is not None
+        return [ReleaseSlot(job_id=self.rfq.job_id)]
+
+    def _on_not_awarded(self, ev: NotAwarded, now: float) -> list[Action]:
+        return self._drop_hold()
 
     def _on_award(self, ev: AwardReceived, now: float) -> list[Action]:
         rfq, bid, aw = self.rfq, self.bid, ev.award
@@ -278,7 +312,8 @@ class ProviderJob(JobMachine):
                 SendError(to=rfq.buyer, message=err),
                 *self._done(False, "bad_award"),
             ]
-        refusal = self.policy.admit(aw, ev.status)
+        held = self._holds_slot
+        refusal = self.policy.admit(aw, ev.status, held=held)
         if refusal is not None:
             code = _REFUSAL_CODE.get(refusal.reason, ErrorCode.OVERLOADED)
             err = Error(job_id=rfq.job_id, code=code, message=refusal.detail)
@@ -286,9 +321,11 @@ class ProviderJob(JobMachine):
         self.award = aw
         self.state = ProviderState.ACCEPTED
         self._timer = now + self.config.prompt_timeout_s
+        self._hold_until = None
         self._holds_slot = True
         accept = Accept(job_id=rfq.job_id, provider=self.provider)
-        return [ClaimSlot(job_id=rfq.job_id), SendAccept(to=rfq.buyer, message=accept)]
+        claim: list[Action] = [] if held else [ClaimSlot(job_id=rfq.job_id)]
+        return [*claim, SendAccept(to=rfq.buyer, message=accept)]
 
     def _on_prompt(self, ev: PromptReceived, now: float) -> list[Action]:
         rfq, aw, p = self.rfq, self.award, ev.prompt
@@ -348,7 +385,7 @@ class ProviderJob(JobMachine):
         try:
             if v.job_id != rfq.job_id:
                 raise RemoteProtocolError("voucher for another job")
-            delta = self.book.accept(v, buyer_address=rfq.buyer_address)
+            delta = self.book.accept(v, buyer_address=rfq.buyer_address, job_paid=self.paid)
         except RemoteProtocolError as e:
             err = Error(job_id=rfq.job_id, code=ErrorCode.BAD_REQUEST, message=e.reason[:500])
             out: list[Action] = [
@@ -395,6 +432,10 @@ class ProviderJob(JobMachine):
                 self._hb_seq += 1
                 hb = Heartbeat(job_id=rfq.job_id, seq=self._hb_seq)
                 return [SendHeartbeat(to=rfq.buyer, message=hb)]
+            return []
+        if st is ProviderState.BID_SENT and (self._timer is None or now < self._timer):
+            if self._hold_until is not None and now >= self._hold_until:
+                return self._drop_hold()
             return []
         if self._timer is None or now < self._timer:
             return []
@@ -513,6 +554,7 @@ class ProviderJob(JobMachine):
         self.state = ProviderState.DONE
         self._timer = None
         self._stalled_since = None
+        self._hold_until = None
         out: list[Action] = []
         job_id = rfq.job_id if rfq is not None else bytes(16)
         if self._holds_slot:
@@ -537,6 +579,7 @@ def _table() -> dict[tuple[ProviderState, type[Event]], _Handler]:
     t: dict[tuple[ProviderState, type[Event]], _Handler] = {
         (S.IDLE, RfqReceived): P._on_rfq,
         (S.BID_SENT, AwardReceived): P._on_award,
+        (S.BID_SENT, NotAwarded): P._on_not_awarded,
         (S.ACCEPTED, PromptReceived): P._on_prompt,
         (S.ACCEPTED, AwardReceived): P._ignore,  # duplicate award
         (S.STREAMING, TokensGenerated): P._on_tokens,
@@ -555,6 +598,8 @@ def _table() -> dict[tuple[ProviderState, type[Event]], _Handler]:
         t[(S.DONE, ev)] = P._ignore
     t[(S.DONE, AwardReceived)] = P._late_award
     t[(S.DONE, DeadlinePassed)] = P._ignore
+    for s in (S.ACCEPTED, S.STREAMING, S.FINISHING, S.DONE):
+        t[(s, NotAwarded)] = P._ignore  # the RFQ stream ended after the award: no news
     t[(S.DONE, PeerDisconnected)] = P._ignore
     return t
 

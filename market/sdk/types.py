@@ -110,8 +110,9 @@ class Result:
     cost: int
     shares: tuple[ProviderShare, ...] = field(default_factory=tuple)
     failovers: int = 0
-    award_ms: float = 0.0
-    ttft_ms: float = 0.0
+    award_ms: float = 0.0  # the auction that placed it, queueing not counted
+    ttft_ms: float = 0.0  # from the call, queueing included
+    queued_ms: float = 0.0  # waiting in the admission queue for a free provider
 
     @property
     def provider(self) -> str:
@@ -144,6 +145,19 @@ class JobFailedError(HearthError):
         self.reason = reason
         self.partial = partial
         super().__init__(f"job failed: {reason}")
+
+
+class MarketBusyError(HearthError):
+    """Every provider of the model stayed busy until the job's deadline, or the admission
+    queue was full: the market is saturated. Retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, model: str, detail: str, retry_after_s: float) -> None:
+        self.model = model
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"market busy for model {model!r}: {detail}; retry after {retry_after_s:.0f} s"
+        )
 
 
 class BadRequestError(HearthError):

@@ -252,8 +252,13 @@ class _OverpayingWallet(BuyerWallet):
 
     __slots__ = ()
 
-    def pay(self, job_id: bytes, provider_address: bytes, amount: int, *, reserved: int):  # type: ignore[no-untyped-def]
-        return super().pay(job_id, provider_address, min(amount + 1, reserved), reserved=reserved)
+    def pay(  # type: ignore[no-untyped-def]
+        self, job_id: bytes, provider_address: bytes, amount: int, *, reserved: int, job_paid: int
+    ):
+        more = min(amount + 1, reserved)
+        return super().pay(
+            job_id, provider_address, more, reserved=reserved, job_paid=job_paid - amount + more
+        )
 
 
 @dataclass(slots=True)

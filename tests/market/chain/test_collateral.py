@@ -64,14 +64,14 @@ async def test_a_buyer_promising_its_deposit_twice_cannot_cheat_the_provider_it_
     assert collateral.locks_sent == 1
     await covers.ensure(buyer)
     assert wallet.reserve(2 * DEPOSIT)
-    paid = wallet.pay(JOB, honest.address_bytes, 300_000, reserved=2 * DEPOSIT)
-    assert book.accept(paid, buyer_address=buyer) == 300_000
+    paid = wallet.pay(JOB, honest.address_bytes, 300_000, reserved=2 * DEPOSIT, job_paid=300_000)
+    assert book.accept(paid, buyer_address=buyer, job_paid=0) == 300_000
     # one unit past what is locked for us is refused, whatever the buyer's free balance
-    beyond = wallet.pay(JOB, honest.address_bytes, 1, reserved=DEPOSIT)
+    beyond = wallet.pay(JOB, honest.address_bytes, 1, reserved=DEPOSIT, job_paid=300_001)
     with pytest.raises(RemoteProtocolError, match="locked for us"):
-        book.accept(beyond, buyer_address=buyer)
+        book.accept(beyond, buyer_address=buyer, job_paid=300_000)
     # the accomplice redeems a voucher for the whole deposit first
-    grab = wallet.pay(JOB, accomplice.address_bytes, DEPOSIT, reserved=DEPOSIT)
+    grab = wallet.pay(JOB, accomplice.address_bytes, DEPOSIT, reserved=DEPOSIT, job_paid=DEPOSIT)
     market.hub(accomplice).redeem(SignedVoucher(to_chain(grab), grab.signature))
     assert market.hub().balance_of(market.buyer.address, market.deployment.token) == 0
     # the honest provider is still paid every unit it accepted

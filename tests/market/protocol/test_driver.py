@@ -201,6 +201,9 @@ class Recorder:
     def publish(self, action: A.Publish) -> str:
         return self._got("publish", action)
 
+    def await_capacity(self, action: A.AwaitCapacity) -> str:
+        return self._got("await_capacity", action)
+
     def send_award(self, action: A.SendAward) -> str:
         return self._got("send_award", action)
 
@@ -268,6 +271,7 @@ def send(cls: type[A.Send]) -> A.Send:
 
 BUYER_CASES: list[tuple[A.Action, str]] = [
     (A.Publish(rfq=sample(Rfq)), "publish"),
+    (A.AwaitCapacity(rfq=sample(Rfq), busy=2), "await_capacity"),
     (send(A.SendAward), "send_award"),
     (send(A.SendVoucher), "send_voucher"),
     (send(A.SendPrompt), "send"),

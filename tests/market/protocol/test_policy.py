@@ -87,8 +87,11 @@ def test_admit_refuses_when_full_or_shedding() -> None:
         credit_chunks=1,
         max_tokens=100,
     )
-    assert POLICY.admit(aw, STATUS) is None
-    full = POLICY.admit(aw, dataclasses.replace(STATUS, active_jobs=2))
+    assert POLICY.admit(aw, STATUS, held=False) is None
+    full = POLICY.admit(aw, dataclasses.replace(STATUS, active_jobs=2), held=False)
     assert isinstance(full, Refusal) and full.reason is DeclineReason.BUSY
-    off = POLICY.admit(aw, dataclasses.replace(STATUS, power_state="off"))
-    assert isinstance(off, Refusal) and off.reason is DeclineReason.POWER_SHED
+    # the slot this award's bid holds is counted in active_jobs: it is ours
+    assert POLICY.admit(aw, dataclasses.replace(STATUS, active_jobs=2), held=True) is None
+    for held in (False, True):
+        off = POLICY.admit(aw, dataclasses.replace(STATUS, power_state="off"), held=held)
+        assert isinstance(off, Refusal) and off.reason is DeclineReason.POWER_SHED

@@ -63,7 +63,10 @@ def new() -> ProviderJob:
 WALLET: list[BuyerWallet] = []
 
 
-def voucher(cum: int, job: bytes = JOB, sig_ok: bool = True) -> E.VoucherReceived:
+def voucher(
+    cum: int, job: bytes = JOB, sig_ok: bool = True, job_paid: int | None = None
+) -> E.VoucherReceived:
+    """A voucher of a channel with one job (so the job has paid the whole cumulative)."""
     sig = (BUYER_ADDR if sig_ok else bytes(20)) + bytes(45)
     v = Voucher(
         job_id=job,
@@ -75,6 +78,7 @@ def voucher(cum: int, job: bytes = JOB, sig_ok: bool = True) -> E.VoucherReceive
         chain_id=1,
         contract=TERMS.contract,
         signature=sig,
+        job_paid=cum if job_paid is None else job_paid,
     )
     return E.VoucherReceived(sender="Buyer", voucher=v)
 
@@ -141,13 +145,40 @@ def kinds(actions: list[A.Action]) -> list[str]:
     return [type(a).__name__ for a in actions]
 
 
+def test_a_bid_holds_its_slot_until_not_awarded_then_a_late_award_needs_a_free_one() -> None:
+    """Issue 15.2: bids reserve what they promise; a failover award after the hold
+    is admitted only against the capacity free then."""
+    m = bid_sent()
+    assert m.next_deadline() == pytest.approx(2.2)  # the hold, before the bid's TTL
+    assert kinds(m.handle(E.NotAwarded(), 0.3)) == ["ReleaseSlot"]
+    assert m.next_deadline() == pytest.approx(30.0)
+    full = dataclasses.replace(STATUS, active_jobs=1)
+    out = m.handle(E.AwardReceived(sender="Buyer", award=award().award, status=full), 5.0)
+    assert kinds(out) == ["SendError", "ReportOutcome"] and m.state is S.DONE
+    m = bid_sent()
+    m.handle(E.NotAwarded(), 0.3)
+    out = m.handle(E.AwardReceived(sender="Buyer", award=award().award, status=STATUS), 5.0)
+    assert kinds(out) == ["ClaimSlot", "SendAccept"] and m.state is S.ACCEPTED
+    # every claim is matched by one release over the job's life
+    out += m.handle(E.PromptReceived(sender="Buyer", prompt=Prompt(job_id=JOB, prompt="hi")), 5.1)
+    out += m.handle(E.CancelReceived(sender="Buyer", cancel=Cancel(job_id=JOB)), 5.2)
+    assert kinds(out).count("ClaimSlot") == kinds(out).count("ReleaseSlot") == 1
+
+
+def test_the_bid_carries_the_slots_left_after_its_own() -> None:
+    roomy = dataclasses.replace(STATUS, capacity=4, active_jobs=1)
+    out = new().handle(E.RfqReceived(rfq=RFQ, status=roomy), 0.0)
+    bid = next(a for a in out if isinstance(a, A.SendBid)).message
+    assert bid.free_slots == 2
+
+
 def test_builders_reach_their_states() -> None:
     for state, build in BUILDERS.items():
         assert build().state is state
 
 
 CASES: list[tuple[ProviderState, E.Event, float, ProviderState, list[str]]] = [
-    (S.IDLE, E.RfqReceived(rfq=RFQ, status=STATUS), 0.0, S.BID_SENT, ["SendBid"]),
+    (S.IDLE, E.RfqReceived(rfq=RFQ, status=STATUS), 0.0, S.BID_SENT, ["ClaimSlot", "SendBid"]),
     (
         S.IDLE,
         E.RfqReceived(rfq=RFQ, status=dataclasses.replace(STATUS, power_state="off")),
@@ -162,16 +193,29 @@ CASES: list[tuple[ProviderState, E.Event, float, ProviderState, list[str]]] = [
         S.DONE,
         ["SendDecline", "ReportOutcome"],
     ),
-    (S.BID_SENT, award(), 0.1, S.ACCEPTED, ["ClaimSlot", "SendAccept"]),
+    # the bid holds its slot: the award takes it, no second claim
+    (S.BID_SENT, award(), 0.1, S.ACCEPTED, ["SendAccept"]),
     (
         S.BID_SENT,
         award(price_per_1k=PRICE - 1),
         0.1,
         S.DONE,
-        ["ScorePeer", "SendError", "ReportOutcome"],
+        ["ScorePeer", "SendError", "ReleaseSlot", "ReportOutcome"],
     ),
-    (S.BID_SENT, award(chunk_tokens=9), 0.1, S.DONE, ["ScorePeer", "SendError", "ReportOutcome"]),
-    (S.BID_SENT, award(max_tokens=33), 0.1, S.DONE, ["ScorePeer", "SendError", "ReportOutcome"]),
+    (
+        S.BID_SENT,
+        award(chunk_tokens=9),
+        0.1,
+        S.DONE,
+        ["ScorePeer", "SendError", "ReleaseSlot", "ReportOutcome"],
+    ),
+    (
+        S.BID_SENT,
+        award(max_tokens=33),
+        0.1,
+        S.DONE,
+        ["ScorePeer", "SendError", "ReleaseSlot", "ReportOutcome"],
+    ),
     (
         S.BID_SENT,
         E.AwardReceived(sender="Mallory", award=award().award, status=STATUS),
@@ -180,22 +224,26 @@ CASES: list[tuple[ProviderState, E.Event, float, ProviderState, list[str]]] = [
         ["ScorePeer"],
     ),
     (
+        # within the hold the node is "full" with our own held slot: still ours
         S.BID_SENT,
         E.AwardReceived(
             sender="Buyer", award=award().award, status=dataclasses.replace(STATUS, active_jobs=1)
         ),
         0.1,
-        S.DONE,
-        ["SendError", "ReportOutcome"],
+        S.ACCEPTED,
+        ["SendAccept"],
     ),
+    (S.BID_SENT, E.NotAwarded(), 0.1, S.BID_SENT, ["ReleaseSlot"]),
     (S.BID_SENT, E.DeadlinePassed(), 1.0, S.BID_SENT, []),
-    (S.BID_SENT, E.DeadlinePassed(), 31.0, S.DONE, ["ReportOutcome"]),
+    # the hold ends with the bid window (0.2 s) plus the grace (2 s); the bid stays open
+    (S.BID_SENT, E.DeadlinePassed(), 2.2, S.BID_SENT, ["ReleaseSlot"]),
+    (S.BID_SENT, E.DeadlinePassed(), 31.0, S.DONE, ["ReleaseSlot", "ReportOutcome"]),
     (
         S.BID_SENT,
         E.CancelReceived(sender="Buyer", cancel=Cancel(job_id=JOB)),
         0.1,
         S.DONE,
-        ["ReportOutcome"],
+        ["ReleaseSlot", "ReportOutcome"],
     ),
     (S.BID_SENT, voucher(1), 0.1, S.BID_SENT, ["ScorePeer"]),
     (
@@ -388,7 +436,10 @@ def test_a_suspended_buyer_is_declined_with_the_cause() -> None:
     assert m.state is S.DONE
     other = dataclasses.replace(RFQ, buyer_address=b"\xcc" * 20)
     fresh = new()
-    assert kinds(fresh.handle(E.RfqReceived(rfq=other, status=STATUS), 0.0)) == ["SendBid"]
+    assert kinds(fresh.handle(E.RfqReceived(rfq=other, status=STATUS), 0.0)) == [
+        "ClaimSlot",
+        "SendBid",
+    ]
 
 
 def test_an_engine_refusing_the_request_says_bad_request() -> None:
