@@ -9,6 +9,9 @@ transitions sit in one table (:data:`BuyerJob.TABLE`)::
         AWARDING (award and prompt go out together, to the winner only)
     AWARDING ──Accept──▶ STREAMING ──chunks… EndOfStream (commitment ok)──▶ DONE
     COLLECTING ──window over, no bid──▶ BACKOFF ──▶ COLLECTING (next round) … ▶ FAILED
+    COLLECTING ──no bid, some provider busy, every provider asked──▶ QUEUED (AwaitCapacity)
+    QUEUED ──CapacityFreed──▶ COLLECTING (a fresh round) · a late Bid ──▶ AWARDING
+    QUEUED ──deadline / QueueFull──▶ FAILED (saturated)
     AWARDING / STREAMING ──refusal, accept timeout, silence, error, bad chunk──▶
         failover: award the next runner-up with resume_offset = tokens delivered,
         resend the prompt with resume_token_ids = the delivered prefix
@@ -19,6 +22,13 @@ Payment: after each verified chunk the buyer owes the active provider
 paid goes out as the next cumulative voucher (:class:`~market.protocol.payments.BuyerWallet`).
 Each provider is paid for exactly its own tokens. The job's worst-case cost
 (``max_tokens`` at ``max_price_per_1k``) is reserved from the deposit up front.
+
+Admission: a market that is full is not a failure. When a round that reached every
+provider (gossip, or a direct round to all we know) ends without a bid and at least
+one provider declined as busy, the job waits in the driver's admission
+queue (FIFO per model, bounded) until the driver says capacity freed, then runs a
+fresh auction; only the job's own deadline (the caller's timeout) or a full queue
+ends it, as ``saturated``. Time spent queued is reported apart from the auction's.
 
 Peer misbehaviour (a chunk whose hash chain does not verify, a message for another
 job, an unsolicited accept…) never raises: it yields a ``ScorePeer`` action carrying
@@ -36,6 +46,7 @@ from typing import Any, ClassVar
 
 from market.protocol.actions import (
     Action,
+    AwaitCapacity,
     DeliverTokens,
     Publish,
     ReportOutcome,
@@ -59,6 +70,7 @@ from market.protocol.events import (
     BidReceived,
     CancelReceived,
     CancelRequested,
+    CapacityFreed,
     ChunkReceived,
     CollateralShort,
     DeadlinePassed,
@@ -70,10 +82,20 @@ from market.protocol.events import (
     JobSubmitted,
     PeerDisconnected,
     PeerEvent,
+    QueueFull,
     RfqDelivered,
 )
 from market.protocol.machine import JobMachine
-from market.protocol.messages import Award, Bid, Cancel, ErrorCode, Prompt, Rfq, cost_of
+from market.protocol.messages import (
+    Award,
+    Bid,
+    Cancel,
+    DeclineReason,
+    ErrorCode,
+    Prompt,
+    Rfq,
+    cost_of,
+)
 from market.protocol.outcomes import BuyerFailure, BuyerOutcome, DeclineNote, Segment
 from market.protocol.payments import BuyerWallet
 
@@ -84,6 +106,7 @@ class BuyerState(enum.Enum):
     IDLE = "idle"
     COLLECTING = "collecting"  # RFQ out, bid window open
     BACKOFF = "backoff"  # between RFQ rounds
+    QUEUED = "queued"  # every provider busy: waiting in the admission queue
     AWARDING = "awarding"  # award sent, waiting for Accept
     STREAMING = "streaming"  # prompt sent, chunks flowing
     DONE = "done"
@@ -149,18 +172,24 @@ class BuyerJob(JobMachine):
         "_abandoned",
         "_answered",
         "_asked",
+        "_asked_everyone",
+        "_award_s",
         "_awarded_at",
         "_bids",
+        "_busy_round",
         "_declines",
         "_delivered",
         "_failovers",
         "_job_deadline",
         "_pool",
         "_prompt_tokens",
+        "_queued_at",
+        "_queued_s",
         "_refused",
         "_reserved",
         "_round",
         "_segments",
+        "_submitted_at",
         "_timer",
         "active",
         "config",
@@ -212,10 +241,16 @@ class BuyerJob(JobMachine):
         self._round = 0
         self._prompt_tokens = 0
         self._asked: int | None = None  # providers asked directly this round (None: gossip)
+        self._asked_everyone = False  # ... and they are every provider we know of
         self._answered: set[str] = set()  # who answered this round
         self._failovers = 0
         self._refused: dict[str, str] = {}  # providers that called our request bad, and why
         self._awarded_at: float | None = None
+        self._award_s: float | None = None  # auction time of the first award, queue excluded
+        self._busy_round = 0  # providers that declined as busy this round
+        self._submitted_at = 0.0
+        self._queued_at = 0.0
+        self._queued_s = 0.0
 
     # ------------------------------------------------------------- interface
 
@@ -227,6 +262,11 @@ class BuyerJob(JobMachine):
     def round(self) -> int:
         """The RFQ round under way (1 for the first ``Publish``)."""
         return self._round
+
+    @property
+    def runner_ups(self) -> tuple[str, ...]:
+        """Bidders still in the pool (not awarded): their slots are held for us."""
+        return tuple(self._pool)
 
     @property
     def delivered(self) -> int:
@@ -248,6 +288,7 @@ class BuyerJob(JobMachine):
 
     def _on_submit(self, ev: JobSubmitted, now: float) -> list[Action]:
         self._job_deadline = now + self.config.job_timeout_s
+        self._submitted_at = now
         budget = cost_of(self.rfq.max_tokens, self.rfq.max_price_per_1k)
         if not self.wallet.reserve(budget):
             return self._fail(
@@ -256,7 +297,26 @@ class BuyerJob(JobMachine):
                 now,
             )
         self._reserved = budget
+        return self._enqueue(now) if ev.queue_first else self._publish(now)
+
+    def _enqueue(self, now: float) -> list[Action]:
+        """Every provider that answered is busy: wait for the driver's turn signal."""
+        self.state = BuyerState.QUEUED
+        self._timer = None  # the job's own deadline still runs
+        self._queued_at = now
+        return [AwaitCapacity(rfq=self.rfq, busy=self._busy_round)]
+
+    def _dequeue(self, now: float) -> None:
+        self._queued_s += now - self._queued_at
+
+    def _on_capacity_freed(self, ev: CapacityFreed, now: float) -> list[Action]:
+        self._dequeue(now)
+        self._round = 0  # a fresh auction: rounds count attempts since the queue
         return self._publish(now)
+
+    def _on_queue_full(self, ev: QueueFull, now: float) -> list[Action]:
+        self._dequeue(now)
+        return self._fail(BuyerFailure.SATURATED, ev.detail or "admission queue full", now)
 
     def _on_bid(self, ev: BidReceived, now: float) -> list[Action]:
         bid = ev.bid
@@ -274,6 +334,9 @@ class BuyerJob(JobMachine):
         self._pool[who] = (bid, ev.region)
         self._declines.pop(who, None)
         self._bids += 1
+        if self.state is BuyerState.QUEUED:  # a late bid is capacity: take it
+            self._dequeue(now)
+            return self._award_next(now)
         if self.state is BuyerState.COLLECTING and (
             len(self._pool) >= self.config.enough_bids or self._all_answered()
         ):
@@ -282,6 +345,7 @@ class BuyerJob(JobMachine):
 
     def _on_rfq_delivered(self, ev: RfqDelivered, now: float) -> list[Action]:
         self._asked = ev.asked
+        self._asked_everyone = ev.everyone
         return self._award_next(now) if self._all_answered() else []
 
     def _all_answered(self) -> bool:
@@ -295,6 +359,8 @@ class BuyerJob(JobMachine):
             self._declines[ev.sender] = DeclineNote(
                 provider=ev.sender, reason=d.reason, detail=d.detail
             )
+        if d.reason is DeclineReason.BUSY and ev.sender not in self._answered:
+            self._busy_round += 1
         self._answered.add(ev.sender)
         if self.state is BuyerState.COLLECTING and self._all_answered():
             return self._award_next(now)
@@ -308,6 +374,7 @@ class BuyerJob(JobMachine):
             return self._misbehaved("accept for another job", now)
         if self._awarded_at is None:
             self._awarded_at = now
+            self._award_s = now - self._submitted_at - self._queued_s
         self.state = BuyerState.STREAMING
         self._timer = now + self.config.silence_timeout_s
         return []  # the prompt went out with the award
@@ -405,6 +472,13 @@ class BuyerJob(JobMachine):
         return []
 
     def _on_deadline(self, ev: DeadlinePassed, now: float) -> list[Action]:
+        if now >= self._job_deadline and self.state is BuyerState.QUEUED:
+            self._dequeue(now)
+            return self._fail(
+                BuyerFailure.SATURATED,
+                f"every provider stayed busy; queued {self._queued_s:.1f} s until the deadline",
+                now,
+            )
         if now >= self._job_deadline:
             out: list[Action] = []
             if self.active is not None:
@@ -446,6 +520,7 @@ class BuyerJob(JobMachine):
         self._round += 1
         self._asked = None
         self._answered = set()
+        self._busy_round = 0
         self.state = BuyerState.COLLECTING
         self._timer = now + self.rfq.bid_window_ms / 1000.0
         return [Publish(rfq=self.rfq)]
@@ -488,6 +563,10 @@ class BuyerJob(JobMachine):
         ]
 
     def _next_round(self, now: float) -> list[Action]:
+        if self._busy_round and (self._asked is None or self._asked_everyone):
+            # every provider heard us (gossip, or all we know were asked) and the busy
+            # ones are full: the market has the model but no slot now, so wait for one
+            return self._enqueue(now)
         if self._round >= self.config.max_rounds:
             if self._bids == 0:
                 n = len(self._declines)
@@ -583,6 +662,8 @@ class BuyerJob(JobMachine):
             finished_at=now,
             finish_reason=finish_reason,
             prompt_tokens=self._prompt_tokens,
+            queued_s=self._queued_s,
+            award_s=self._award_s,
         )
         return [ReportOutcome(outcome=self.outcome)]
 
@@ -594,7 +675,7 @@ def _table() -> dict[tuple[BuyerState, type[Event]], _Handler]:
         (S.IDLE, JobSubmitted): B._on_submit,
         (S.IDLE, CancelRequested): B._on_cancel,
     }
-    live = (S.COLLECTING, S.BACKOFF, S.AWARDING, S.STREAMING)
+    live = (S.COLLECTING, S.BACKOFF, S.QUEUED, S.AWARDING, S.STREAMING)
     for s in live:
         t[(s, BidReceived)] = B._on_bid
         t[(s, DeclineReceived)] = B._on_decline
@@ -613,11 +694,17 @@ def _table() -> dict[tuple[BuyerState, type[Event]], _Handler]:
         t[(s, ErrorReceived)] = B._on_provider_error
         t[(s, CancelReceived)] = B._on_provider_error
     t[(S.COLLECTING, RfqDelivered)] = B._on_rfq_delivered
-    for s in (S.BACKOFF, S.AWARDING, S.STREAMING):
+    for s in (S.BACKOFF, S.QUEUED, S.AWARDING, S.STREAMING):
         t[(s, RfqDelivered)] = B._ignore  # the round it counted for is over
+    t[(S.QUEUED, CapacityFreed)] = B._on_capacity_freed
+    t[(S.QUEUED, QueueFull)] = B._on_queue_full
+    for s in (S.COLLECTING, S.BACKOFF, S.AWARDING, S.STREAMING, *TERMINAL):
+        # the queue's signal for a job that has moved on (a late bid placed it)
+        t[(s, CapacityFreed)] = B._ignore
+        t[(s, QueueFull)] = B._ignore
     t[(S.AWARDING, AcceptReceived)] = B._on_accept
     t[(S.AWARDING, CollateralShort)] = B._on_collateral_short
-    for s in (S.COLLECTING, S.BACKOFF, S.STREAMING):
+    for s in (S.COLLECTING, S.BACKOFF, S.QUEUED, S.STREAMING):
         t[(s, CollateralShort)] = B._ignore  # about an award already superseded
     t[(S.STREAMING, ChunkReceived)] = B._on_chunk
     t[(S.STREAMING, EndReceived)] = B._on_end

@@ -102,7 +102,13 @@ class PeerEvent(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobSubmitted(Event):
-    """The buyer's user asked for the job to start (publishes the RFQ)."""
+    """The buyer's user asked for the job to start (publishes the RFQ).
+
+    ``queue_first``: jobs of this model are already waiting for capacity, so this one
+    joins the back of the admission queue instead of jumping ahead of them.
+    """
+
+    queue_first: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,10 +116,13 @@ class RfqDelivered(Event):
     """The round's RFQ went straight to ``asked`` known providers (not over gossip).
 
     Once each of them has answered (bid or decline) the bid window closes early:
-    nobody else was asked, so waiting longer cannot bring another bid.
+    nobody else was asked, so waiting longer cannot bring another bid. ``everyone``:
+    they are all the providers of the model we know of (so if all are busy, the
+    market is full, rather than merely the few we asked).
     """
 
     asked: int
+    everyone: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.asked, int) or self.asked < 1:

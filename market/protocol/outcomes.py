@@ -19,6 +19,7 @@ class BuyerFailure(enum.StrEnum):
     CANCELLED = "cancelled"  # our own user cancelled
     DEADLINE = "deadline"  # the job's overall deadline passed
     BAD_REQUEST = "bad_request"  # every provider awarded it refused the request itself
+    SATURATED = "saturated"  # every provider stayed busy past the deadline, or no queue room
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,6 +62,8 @@ class BuyerOutcome:
     finished_at: float
     finish_reason: str = ""
     prompt_tokens: int = 0  # the prompt in the model's tokens, from the final EndOfStream
+    queued_s: float = 0.0  # time spent waiting in the buyer's admission queue
+    award_s: float | None = None  # submit → first accept, time queued before it not counted
 
     @property
     def paid(self) -> int:

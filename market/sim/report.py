@@ -21,7 +21,9 @@ class SimReport:
     jobs_failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     jobs_lost: int = 0
-    award_ms: list[float] = field(default_factory=list)
+    award_ms: list[float] = field(default_factory=list)  # auction time, queueing excluded
+    queued_s: list[float] = field(default_factory=list)  # per job, time in the admission queue
+    queued: int = 0  # times a job entered a buyer's admission queue
     direct_messages: int = 0
     gossip_messages: int = 0
     bids: int = 0
@@ -73,6 +75,11 @@ class SimReport:
             "award_ms": {
                 "p50": round(1000 * self._pct(self.award_ms, 0.5), 1),
                 "p95": round(1000 * self._pct(self.award_ms, 0.95), 1),
+            },
+            "queued": self.queued,
+            "queued_s": {
+                "p50": round(self._pct(self.queued_s, 0.5), 2),
+                "p95": round(self._pct(self.queued_s, 0.95), 2),
             },
             "failovers": self.failovers,
             "crashes": self.crashes,

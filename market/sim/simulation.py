@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ from market.config import MarketSection
 from market.protocol import actions as A
 from market.protocol import events as E
 from market.protocol.auction import WeightedScorer
-from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.buyer import BuyerConfig, BuyerJob, BuyerState
 from market.protocol.driver import buyer_event, dispatch_buyer, dispatch_provider, provider_event
 from market.protocol.messages import (
     Award,
@@ -70,7 +71,9 @@ from market.sim.world import (
 __all__ = ["SimReport", "Simulation", "run"]
 
 # entry kinds in the event queue
-_DELIVER, _TIMER, _ENGINE, _ARRIVAL, _FAULT, _RFQ, _EOF = range(7)
+_DELIVER, _TIMER, _ENGINE, _ARRIVAL, _FAULT, _RFQ, _EOF, _WAKE, _RELEASE = range(9)
+_QUEUE_RETRY_S = 0.5  # a buyer's admission queue tries the market again this often
+_QUEUE_MAX = 256  # jobs one buyer lets wait per model
 
 _REGION_NAMES = ("us-east", "us-west", "eu-west", "ap-south")
 _MESH_HOP_S = 0.015  # one GossipSub forwarding hop inside a shard
@@ -206,6 +209,8 @@ class Simulation:
             _FAULT: self._on_fault,
             _RFQ: self._on_rfq,
             _EOF: self._on_eof,
+            _WAKE: self._on_wake,
+            _RELEASE: self._on_release,
         }
         while q and not check.violations:
             if self.created >= self.cfg.jobs and self.open_jobs == 0:
@@ -400,6 +405,58 @@ class Simulation:
         if isinstance(what, tuple):
             self.q.push(p.frozen_until, _FAULT, p, "thaw")
 
+    # ------------------------------------------------------ admission queue
+
+    def _enqueue(self, b: BuyerNode, job_id: bytes, now: float) -> None:
+        """``job_id`` waits for capacity in its buyer's queue (what the SDK client does)."""
+        meta = self.meta[job_id]
+        q = b.queues.setdefault(meta.model, deque())
+        tr = b.jobs[job_id]
+        if len(q) >= _QUEUE_MAX:
+            self._drive(tr, E.QueueFull(detail=f"{len(q)} jobs queued"), now)
+            return
+        if meta.queued:
+            q.appendleft(job_id)  # tried its turn and found no slot: still first in line
+        else:
+            q.append(job_id)
+        meta.queued = True
+        self.report.queued += 1
+        self._arm_wake(b, meta.model, now + _QUEUE_RETRY_S)
+
+    def _arm_wake(self, b: BuyerNode, model: int, at: float) -> None:
+        armed = b.wake_at.get(model)
+        if armed is None or at < armed:
+            b.wake_at[model] = at
+            self.q.push(at, _WAKE, b, model)
+
+    def _on_wake(self, now: float, b: BuyerNode, model: int) -> None:
+        if b.wake_at.get(model) != now:
+            return  # superseded by an earlier retry
+        del b.wake_at[model]
+        self._wake(b, model, now)
+
+    def _wake(self, b: BuyerNode, model: int, now: float) -> None:
+        """Let the first job still waiting for ``model`` try the market again."""
+        q = b.queues.get(model)
+        while q:
+            job_id = q.popleft()
+            tr = b.jobs.get(job_id)
+            if tr is None or tr.machine.state is not BuyerState.QUEUED:
+                continue  # it left the queue meanwhile (a late bid, cancelled)
+            self.meta[job_id].woken = True
+            self._drive(tr, E.CapacityFreed(), now)
+            break
+        if q:
+            self._arm_wake(b, model, now + _QUEUE_RETRY_S)
+
+    def _on_release(self, now: float, p: ProviderNode, job_id: bytes) -> None:
+        """The buyer ended our bid's stream without an award ("not awarded")."""
+        if not p.alive or p.frozen_until > now:
+            return
+        tr = p.machines.get(job_id)
+        if tr is not None and tr.machine.state is ProviderState.BID_SENT:
+            self._drive(tr, E.NotAwarded(), now)
+
     def _on_eof(self, now: float, buyer_name: str, key: tuple[bytes, str]) -> None:
         job_id, peer = key
         b = self.nodes[buyer_name]
@@ -508,14 +565,17 @@ class Simulation:
             r.jobs_failed += 1
             r.failed_by_reason[out.reason] = r.failed_by_reason.get(out.reason, 0) + 1
             if (
-                out.reason in ("no_bids", "providers_exhausted")
+                out.reason in ("no_bids", "providers_exhausted", "saturated")
                 and not meta.region_pinned
                 and self.free_slots[meta.model] > 0
             ):
                 lost = True
                 r.jobs_lost += 1
-        if out.awarded_at is not None:
-            r.award_ms.append(out.awarded_at - meta.start)
+        if out.award_s is not None:
+            r.award_ms.append(out.award_s)
+        r.queued_s.append(out.queued_s)
+        if b.queues.get(meta.model):  # a slot of ours freed: the next in line may try
+            self._wake(b, meta.model, self.q.now)
         r.bids += out.bids
         r.failovers += out.failovers
         r.tokens += len(out.token_ids)
@@ -560,11 +620,29 @@ class _BuyerSide:
     def publish(self, action: A.Publish) -> None:
         self.sim._publish(self.node, action.rfq, self.now)
 
+    def await_capacity(self, action: A.AwaitCapacity) -> None:
+        self.sim._enqueue(self.node, action.rfq.job_id, self.now)
+
     def send_award(self, action: A.SendAward) -> None:
+        sim, b = self.sim, self.node
         msg = action.message
         assert isinstance(msg, Award)
-        self.sim.check.awarded(msg.job_id, msg.provider, msg.price_per_1k, msg.resume_offset)
+        sim.check.awarded(msg.job_id, msg.provider, msg.price_per_1k, msg.resume_offset)
         self.send(action)
+        # the other bidders' streams end: their held slots go back at once
+        m = self.tr.machine
+        assert isinstance(m, BuyerJob)
+        for peer in m.runner_ups:
+            dst = sim.nodes.get(peer)
+            if isinstance(dst, ProviderNode):
+                t = sim.net.stream_arrival(self.now, -1 - b.idx, dst.idx, b.region, dst.region)
+                if t is not None:
+                    sim.q.push(t, _RELEASE, dst, msg.job_id)
+        meta = sim.meta.get(msg.job_id)
+        if meta is not None and meta.woken:  # placed: the next in line may try now
+            meta.woken = False
+            if b.queues.get(meta.model):
+                sim._wake(b, meta.model, self.now)
 
     def send_voucher(self, action: A.SendVoucher) -> None:
         sim, b, msg = self.sim, self.node, action.message

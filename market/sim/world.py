@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import shlex
+from collections import deque
 from dataclasses import dataclass, field
 
 from market.protocol.buyer import BuyerJob
@@ -219,7 +220,7 @@ class ProviderNode:
 class BuyerNode:
     """One simulated buyer: identity, wallet, and its open jobs."""
 
-    __slots__ = ("address", "idx", "jobs", "name", "region", "wallet")
+    __slots__ = ("address", "idx", "jobs", "name", "queues", "region", "wake_at", "wallet")
 
     def __init__(
         self, idx: int, rng: random.Random, terms: ChannelTerms, deposit: int, overpay: bool
@@ -233,6 +234,9 @@ class BuyerNode:
             buyer_address=self.address, deposit=deposit, terms=terms, signer=_fake_sign
         )
         self.jobs: dict[bytes, Tracked] = {}
+        # the admission queue: per model, jobs waiting for a free provider (FIFO)
+        self.queues: dict[int, deque[bytes]] = {}
+        self.wake_at: dict[int, float] = {}  # the queue's next retry, per model
 
 
 def _fake_sign(draft: VoucherDraft) -> bytes:
@@ -272,3 +276,5 @@ class JobMeta:
     region_pinned: bool
     publishes: int = 0
     providers: list[str] = field(default_factory=list)
+    queued: bool = False  # has waited in the admission queue (goes back to its head)
+    woken: bool = False  # let out of the queue; its award lets the next one out

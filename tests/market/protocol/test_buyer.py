@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -365,9 +366,9 @@ def test_no_bids_fails_with_every_decline_reason() -> None:
     m = new(max_rounds=1)
     m.handle(E.JobSubmitted(), 0.0)
     for p, r in [
-        ("PA", DeclineReason.BUSY),
+        ("PA", DeclineReason.REGION),
         ("PB", DeclineReason.POWER_SHED),
-        ("PC", DeclineReason.BUSY),
+        ("PC", DeclineReason.REGION),
     ]:
         m.handle(
             E.DeclineReceived(sender=p, decline=Decline(job_id=JOB, provider=p, reason=r)), 0.1
@@ -375,7 +376,96 @@ def test_no_bids_fails_with_every_decline_reason() -> None:
     out = m.handle(E.DeadlinePassed(), 0.2)
     assert kinds(out) == ["ReportOutcome"] and m.outcome is not None
     assert m.outcome.reason == "no_bids"
-    assert "busy×2" in m.outcome.why() and "power_shed×1" in m.outcome.why()
+    assert "region×2" in m.outcome.why() and "power_shed×1" in m.outcome.why()
+
+
+def busy(p: str) -> E.DeclineReceived:
+    d = Decline(job_id=JOB, provider=p, reason=DeclineReason.BUSY, detail="4/4 slots")
+    return E.DeclineReceived(sender=p, decline=d)
+
+
+def test_a_full_market_queues_the_job_then_serves_it_when_capacity_frees() -> None:
+    """Issue 15.2: admission, not failure. Busy answers put the job in the queue; the
+    queue's signal runs a fresh auction; queue time is reported apart."""
+    m = new(max_rounds=1)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(busy("PA"), 0.05)
+    m.handle(
+        E.DeclineReceived(
+            sender="PB", decline=Decline(job_id=JOB, provider="PB", reason=DeclineReason.POWER_SHED)
+        ),
+        0.06,
+    )
+    out = m.handle(E.DeadlinePassed(), 0.2)
+    assert kinds(out) == ["AwaitCapacity"] and m.state is S.QUEUED
+    wait = out[0]
+    assert isinstance(wait, A.AwaitCapacity) and wait.busy == 1 and wait.rfq == m.rfq
+    assert m.next_deadline() == pytest.approx(600.0)  # only the job's own deadline runs
+    assert kinds(m.handle(E.CapacityFreed(), 5.2)) == ["Publish"] and m.round == 1
+    m.handle(bid("PA"), 5.25)
+    m.handle(bid("PB"), 5.26)
+    m.handle(E.AcceptReceived(sender="PA", accept=Accept(job_id=JOB, provider="PA")), 5.3)
+    m.handle(E.CancelRequested(), 5.4)
+    assert m.outcome is not None
+    assert m.outcome.queued_s == pytest.approx(5.0)
+    assert m.outcome.award_s == pytest.approx(0.3)  # the auctions, not the wait
+
+
+def test_a_queued_job_past_its_deadline_fails_as_saturated() -> None:
+    m = new()
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(busy("PA"), 0.05)
+    m.handle(E.DeadlinePassed(), 0.2)
+    assert m.state is S.QUEUED
+    out = m.handle(E.DeadlinePassed(), 600.0)
+    assert kinds(out) == ["ReportOutcome"] and m.outcome is not None
+    assert m.outcome.reason == "saturated" and "queued 599.8 s" in m.outcome.detail
+    assert m.wallet.available == m.wallet.deposit  # the reservation went back
+
+
+def test_a_full_queue_fails_the_job_as_saturated_at_once() -> None:
+    m = new()
+    out = m.handle(E.JobSubmitted(queue_first=True), 0.0)
+    assert kinds(out) == ["AwaitCapacity"] and m.state is S.QUEUED  # others wait already
+    out = m.handle(E.QueueFull(detail="64 jobs queued for this model"), 0.0)
+    assert m.outcome is not None and m.outcome.reason == "saturated"
+    assert m.outcome.detail == "64 jobs queued for this model"
+
+
+def test_a_late_bid_takes_a_queued_job_out_of_the_queue() -> None:
+    m = new()
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(busy("PA"), 0.05)
+    m.handle(E.DeadlinePassed(), 0.2)
+    out = m.handle(bid("PB"), 0.9)
+    assert kinds(out) == ["SendAward", "SendPrompt"] and m.state is S.AWARDING
+    assert m.handle(E.CapacityFreed(), 1.0) == []  # the queue's turn signal comes late
+
+
+def test_concurrent_jobs_on_one_provider_state_a_cover_for_all_of_them() -> None:
+    """Issue 15.1: the cover a provider needs counts every open job of ours with it."""
+    w = BuyerWallet(
+        buyer_address=b"\xbb" * 20, deposit=10**9, terms=TERMS, signer=lambda d: bytes(65)
+    )
+    covers = []
+    jobs = []
+    for i in range(3):
+        job_id = bytes([i + 1]) * 16
+        r = dataclasses.replace(rfq(), job_id=job_id)
+        m = BuyerJob(rfq=r, prompt=Prompt(job_id=job_id, prompt="hi"), wallet=w)
+        m.handle(E.JobSubmitted(), 0.0)
+        out = m.handle(
+            dataclasses.replace(bid("PA"), bid=dataclasses.replace(bid("PA").bid, job_id=job_id)),
+            0.1,
+        )
+        out += m.handle(E.DeadlinePassed(), 0.3)
+        covers.append(next(a for a in out if isinstance(a, A.SendAward)).cover)
+        jobs.append(m)
+    budget = cost_of(32, 1000)
+    assert covers == [budget, 2 * budget, 3 * budget]
+    for m in jobs:
+        m.handle(E.CancelRequested(), 1.0)
+    assert w.cover_needed((b"PA" * 20)[:20]) == 0
 
 
 def test_insufficient_deposit_fails_at_once() -> None:
