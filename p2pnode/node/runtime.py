@@ -67,6 +67,9 @@ class NodeSettings:
         default_factory=lambda: CostPlusPolicy(electricity_per_kwh=300_000, power_draw_w=350.0)
     )
     capacity: int = 4
+    # Offers and bids state what the engine measures (a warm-up before serving, then
+    # live: see p2pnode.serving.meter); this is only the figure for the instant before
+    # any measurement exists.
     tokens_per_s: float = 20.0
     device: str = "auto"
     kv_cache_mb: float | None = None
@@ -162,7 +165,7 @@ async def run_node(
     settings: NodeSettings, *, task_status: trio.TaskStatus[_Node] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run a provider node until cancelled or drained by SIGTERM/SIGINT."""
-    from p2pnode.serving import Engine, GenerationRequest, load_model
+    from p2pnode.serving import Engine, load_model
 
     s = settings
     node = _Node(s)
@@ -201,7 +204,9 @@ async def run_node(
     )
 
     def status() -> ProviderStatus:
+        """This node as measured now: speed at the batch a new job would join, and TTFT."""
         policy = node.power_policy()
+        speed = engine.speed()
         return ProviderStatus(
             provider=ident.peer_id,
             provider_address=ident.eth_address_bytes,
@@ -210,8 +215,9 @@ async def run_node(
             models=frozenset({model_hex}),
             active_jobs=0,
             capacity=min(s.capacity, policy.max_concurrency) if policy else s.capacity,
-            tokens_per_s=s.tokens_per_s,
+            tokens_per_s=speed.tokens_per_s or s.tokens_per_s,
             price_multiplier=max(1.0, policy.price_multiplier) if policy else 1.0,
+            ttft_ms=speed.ttft_ms,
         )
 
     drain = trio.Event()
@@ -231,8 +237,15 @@ async def run_node(
             covers=covers,
         )
         node.service = service
-        # One tiny generation first, so the first buyer does not pay for the warm-up.
-        await engine.complete(GenerationRequest(prompt="Hello", max_tokens=2, temperature=0.0))
+        # A few throwaway generations first: the first buyer does not pay for the
+        # warm-up, and the first offer states measured speed, not a guess.
+        first = await engine.warm_up(batch=s.capacity)
+        logger.info(
+            "warm-up: %.1f tokens/s per job alone, TTFT %.0f ms; %s",
+            first.tokens_per_s or 0.0,
+            first.ttft_ms or 0.0,
+            engine.meter.reading().step_ms,
+        )
         async with trio.open_nursery() as nursery:
             node.power = await nursery.start(run_power, s.power, lambda: service.active_jobs)
             nursery.start_soon(_follow_power, node)
@@ -296,6 +309,9 @@ def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Of
     svc = node.service
     assert svc is not None
     st = svc.status()
+    # the service's policy: the dashboard's price floor replaces it there
+    policy = svc.policy if isinstance(svc.policy, CostPlusPolicy) else node.s.policy
+    ttft = policy.base_ttft_ms if st.ttft_ms is None else st.ttft_ms
     return Offer(
         provider=st.provider,
         provider_address=st.provider_address,
@@ -307,11 +323,14 @@ def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Of
             ModelOffer(
                 model_id=model_hex,
                 name=model.name,
-                price_per_1k=node.s.policy.price_per_1k(st),
+                price_per_1k=policy.price_per_1k(st),
                 max_context=node.max_context or model.config.max_position_embeddings,
             ),
         ),
         ttl_s=node.s.offer_ttl_s,
+        free_slots=st.free_slots,
+        tokens_per_s=policy.throughput(st),  # what a bid would state (throttling included)
+        ttft_ms=min(round(ttft), 2**32 - 1),
     )
 
 

@@ -41,7 +41,7 @@ from p2pnode.serving.api import (
 
 if TYPE_CHECKING:
     from p2pnode.serving.core import EngineStats
-    from p2pnode.serving.engine import Engine
+    from p2pnode.serving.engine import Engine, Speed
     from p2pnode.serving.loader import LoadedModel, ModelLoadError, default_model_path, load_model
     from p2pnode.serving.tokenizer import Tokenizer
 
@@ -56,6 +56,7 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "ServingBackend",
+    "Speed",
     "TokenLogprob",
     "Tokenizer",
     "default_model_path",
@@ -64,6 +65,7 @@ __all__ = [
 
 _LAZY = {
     "Engine": "p2pnode.serving.engine",
+    "Speed": "p2pnode.serving.engine",
     "EngineStats": "p2pnode.serving.core",
     "LoadedModel": "p2pnode.serving.loader",
     "ModelLoadError": "p2pnode.serving.loader",

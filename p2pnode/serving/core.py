@@ -34,6 +34,7 @@ from p2pnode.serving.api import FinishReason
 from p2pnode.serving.device import DevicePlan, plan_device
 from p2pnode.serving.kv_manager import KVManager
 from p2pnode.serving.loader import LoadedModel
+from p2pnode.serving.meter import ServingMeter
 from p2pnode.serving.output_processor import Keyed, OutputProcessor
 from p2pnode.serving.request import EngineRequest
 from p2pnode.serving.runner import ModelRunner, SamplingSpec
@@ -72,7 +73,8 @@ class EngineCore:
 
     ``deliver`` gets each turn's ``(key, chunk)`` list, ``reply`` a scoring result
     (list of floats or the exception) with its callback; both are called on the core's
-    thread and must hand the work to the caller's thread themselves.
+    thread and must hand the work to the caller's thread themselves. ``meter`` is told
+    the duration of every decode step (what the node advertises as its speed).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class EngineCore:
         num_threads: int | None,
         deliver: Callable[[list[Keyed]], None],
         reply: Callable[[Callable[[Any], None], Any], None],
+        meter: ServingMeter | None = None,
     ) -> None:
         self.loaded = loaded
         self._plan_args = plan_args
@@ -97,6 +100,7 @@ class EngineCore:
         self._reply = reply
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.stats = EngineStats()
+        self.meter = meter if meter is not None else ServingMeter()
         self.plan: DevicePlan | None = None
         self.runner: ModelRunner | None = None  # from build() until run() ends
         self.decode_kernel = False  # whether decode attention runs in the CPU kernel
@@ -237,6 +241,7 @@ class EngineCore:
     def _step(self, out: list[Keyed]) -> None:
         assert self.sched is not None and self.runner is not None
         sched = self.sched
+        started = time.perf_counter()
         chunks = sched.schedule()
         if not chunks:
             time.sleep(0.001)
@@ -254,6 +259,8 @@ class EngineCore:
         self.stats.preemptions = sched.total_preemptions
         results = sched.update({k: v.token_id for k, v in sampled.items()})
         emitted, stopped = self.outputs.step(results, sampled)
+        if all(len(c.token_ids) == 1 for c in chunks):  # a decode step: one token each
+            self.meter.note_step(batch=len(chunks), seconds=time.perf_counter() - started)
         for key in stopped:
             sched.finish(key)
         for key, chunk in emitted:

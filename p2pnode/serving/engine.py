@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -55,9 +56,19 @@ from p2pnode.serving.device import DevicePlan
 from p2pnode.serving.input_processor import InputProcessor
 from p2pnode.serving.intake import Intake
 from p2pnode.serving.loader import LoadedModel
+from p2pnode.serving.meter import ServingMeter
 from p2pnode.serving.tokenizer import Tokenizer
 
-__all__ = ["Engine", "EngineStats"]
+__all__ = ["Engine", "EngineStats", "Speed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Speed:
+    """What a new request may expect of this engine now, as measured (see :mod:`.meter`)."""
+
+    batch: int  # the batch it would join (requests in flight + itself)
+    tokens_per_s: float | None  # per request, at ``batch`` (None: nothing measured yet)
+    ttft_ms: float | None  # median of recent requests (None: none yet)
 
 
 @dataclass(slots=True)
@@ -98,6 +109,8 @@ class Engine:
     ) -> None:
         self.loaded = model
         self._bridge = bridge = TrioBridge()
+        self.meter = ServingMeter()
+        self._max_batch = max_batch
         self._core = EngineCore(
             model,
             plan_args=dict(
@@ -116,6 +129,7 @@ class Engine:
             num_threads=num_threads,
             deliver=bridge.deliver,
             reply=bridge.reply,
+            meter=self.meter,
         )
         self._names = frozenset({model.model_id, model.name, *aliases})
         self._slots = trio.Semaphore(max_pending)
@@ -149,6 +163,45 @@ class Engine:
     def decode_kernel(self) -> bool:
         """Whether decode attention runs in the CPU kernel (:mod:`.cpu_attention`)."""
         return self._core.decode_kernel
+
+    @property
+    def in_flight(self) -> int:
+        """Requests between ``generate`` and their last chunk (tokenising, waiting, running)."""
+        return len(self._streams)
+
+    def speed(self, *, joining: int = 1) -> Speed:
+        """Measured speed for ``joining`` more requests on top of those in flight.
+
+        This is what the node advertises: tokens/s per request at the batch a new job
+        would join, and the recent median time to first token.
+        """
+        batch = max(1, min(self._max_batch, self.in_flight + joining))
+        return Speed(
+            batch=batch, tokens_per_s=self.meter.tokens_per_s(batch), ttft_ms=self.meter.ttft_ms()
+        )
+
+    async def warm_up(self, *, batch: int, tokens: int = 8) -> Speed:
+        """Run a few throwaway requests so the first buyer finds figures, not guesses.
+
+        One tiny request first pays the one-off costs (first kernels, allocations) and is
+        forgotten; then ``batch`` requests at once measure the speed of a full batch, and
+        one request alone the single-job speed and the time to first token of an idle
+        engine (the meter interpolates between the two sizes). Returns the speed a first
+        job would get.
+        """
+        if batch < 1 or tokens < 2:
+            raise ValueError("warm_up needs batch >= 1 and tokens >= 2")
+        await self.complete(GenerationRequest(prompt="Hello", max_tokens=2, temperature=0.0))
+        self.meter.reset()
+        if batch > 1:
+            async with trio.open_nursery() as nursery:
+                for i in range(min(batch, self._max_batch)):
+                    prompt = f"Count to ten, warm-up {i}:"
+                    req = GenerationRequest(prompt=prompt, max_tokens=tokens, temperature=0.0)
+                    nursery.start_soon(self.complete, req)
+            self.meter.reset_ttft()  # a burst's prefill is not what an idle engine answers
+        await self.complete(GenerationRequest(prompt="Hello", max_tokens=tokens, temperature=0.0))
+        return self.speed()
 
     @property
     def max_len(self) -> int:
@@ -286,6 +339,7 @@ class Engine:
             raise BadRequestError(f"request {rid!r} is already running")
         stream = _Stream(key=str(next(self._keys)))
         self._streams[rid] = stream
+        submitted = time.perf_counter()
         try:
             assert self._intake is not None
             req = None
@@ -317,9 +371,13 @@ class Engine:
                 stream.added = True
                 self._core.add(req, paused=stream.paused)
                 finished = False
+                first = True
                 try:
                     async with recv:
                         async for chunk in recv:
+                            if first and chunk.token_ids:
+                                first = False
+                                self.meter.note_ttft(time.perf_counter() - submitted)
                             yield chunk
                             if chunk.finish_reason is not None:
                                 finished = True
