@@ -13,14 +13,18 @@ caller's fault (a 4xx naming the limit crossed):
   :func:`market.gateway.serve.restore_recursion_limit`.)
 * each field is typed and checked against the limits of the market's own messages
   (:mod:`market.protocol.messages`), and the prompt is encoded the way the SDK will
-  send it, so a request too big for the wire is refused here and not as a failed job.
+  send it, so a request too big for the wire is refused here and not as a failed job;
+* the caller's own deadline, when its client states one in a header, is read by
+  :func:`job_timeout_s` (a bad value is ignored, never refused: it is a hint).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import operator
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate, repeat
 from typing import Any
@@ -34,11 +38,15 @@ from market.sdk.types import GenerationParams
 
 __all__ = [
     "BODY_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_S",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
+    "MAX_TIMEOUT_S",
+    "TIMEOUT_HEADERS",
     "BadRequest",
     "ClientGone",
     "CompletionRequest",
+    "job_timeout_s",
     "json_depth",
     "parse_json",
     "parse_request",
@@ -51,6 +59,16 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects accepted, checked before any parser sees the body."""
 BODY_TIMEOUT_S = 30.0
 """Longest a client may take to send its body (408 after)."""
+DEFAULT_TIMEOUT_S = 300.0
+"""A job's deadline, queueing included, when the caller states none (seconds)."""
+MAX_TIMEOUT_S = 3600.0
+"""Longest deadline a caller's header may ask for; a longer one is cut to this."""
+TIMEOUT_HEADERS = ("x-stainless-timeout", "x-stainless-read-timeout")
+"""Where the official OpenAI clients state how long they will wait for the answer
+(seconds), in the order they are read; the first usable one wins."""
+ANSWER_MARGIN_S = 1.0
+"""How much sooner than the caller's deadline the job's own one falls, so that a
+"market busy" answer still reaches a caller that is about to stop listening."""
 
 # The market's limits on what one job carries (market.protocol.messages), checked here
 # so that the caller hears which one it crossed instead of a job failing later.
@@ -103,6 +121,33 @@ async def read_body(request: Request) -> bytes:
 
 def _too_big() -> BadRequest:
     return BadRequest(f"request body over the limit of {MAX_BODY_BYTES} bytes", status=413)
+
+
+# ----------------------------------------------------------------- the deadline
+
+
+def job_timeout_s(headers: Mapping[str, str], default: float = DEFAULT_TIMEOUT_S) -> float:
+    """The job's deadline in seconds (queueing included), from the caller's own.
+
+    The official ``openai`` clients send how long they will wait for the answer in
+    :data:`TIMEOUT_HEADERS` (600 s unless the caller chose otherwise). The job then
+    ends :data:`ANSWER_MARGIN_S` before that (half of it for a very short one), so its
+    "market busy" answer arrives while the caller still listens; a deadline over
+    :data:`MAX_TIMEOUT_S` is cut to it. A value that is not a positive, finite number
+    of seconds is ignored (it is a hint, not part of the request): ``default`` then.
+    """
+    for name in TIMEOUT_HEADERS:
+        raw = headers.get(name)
+        if raw is None or len(raw) > 32:
+            continue
+        try:
+            asked = float(raw)
+        except ValueError:
+            continue
+        if math.isfinite(asked) and asked > 0:
+            asked = min(asked, MAX_TIMEOUT_S)
+            return max(asked - ANSWER_MARGIN_S, asked / 2)
+    return default
 
 
 # ----------------------------------------------------------------- JSON

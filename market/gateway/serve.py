@@ -19,6 +19,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from market.gateway.app import Backend, create_app
+from market.gateway.request import DEFAULT_TIMEOUT_S
 
 __all__ = [
     "SANE_RECURSION_LIMIT",
@@ -86,12 +87,15 @@ async def serve_gateway(
     port: int = 8000,
     *,
     sock: socket.socket | None = None,
+    default_timeout_s: float = DEFAULT_TIMEOUT_S,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; ``nursery.start`` returns the bound port (useful with ``port=0``).
 
     ``sock`` is a socket from :func:`listen` to serve on (``host``/``port`` are then
     ignored); without one, this binds ``host:port`` itself (:class:`GatewayBindError`).
+    ``default_timeout_s`` is a job's deadline, queueing included, for a caller whose
+    client states none (see :func:`market.gateway.request.job_timeout_s`).
     """
     if sock is None:
         sock = listen(host, port)
@@ -100,7 +104,8 @@ async def serve_gateway(
     config.errorlog = None
     config.graceful_timeout = 1.0
     bound = sock.getsockname()[1]
-    app = wrap_app(create_app(backend), config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+    asgi = create_app(backend, default_timeout_s=default_timeout_s)
+    app = wrap_app(asgi, config.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
     sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(worker_serve, app, config, sockets=sockets))
