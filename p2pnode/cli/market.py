@@ -1,4 +1,5 @@
-"""`hearth node`, `submit`, `deposit`, `withdraw`, `balance`, `gateway`, `demo`, `bench market`.
+"""`hearth node`, `submit`, `deposit`, `withdraw`, `balance`, `gateway`, `demo`, `bench market`,
+`bench gateway`.
 
 Every command reads one ``hearth.toml`` (``--config``; ``hearth config example``
 prints a documented one). Heavy imports stay inside the functions.
@@ -514,8 +515,47 @@ def bench_market(
     Console().print(table)
 
 
+def bench_gateway(
+    nodes: Annotated[int, typer.Option(min=1, max=16)] = 3,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 32,
+    requests: Annotated[int, typer.Option(min=1, max=10_000)] = 96,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Many users at once: the openai client through `hearth gateway` vs the engines' capacity.
+
+    Completed and failed requests (each failure's message), completion tokens/s
+    through the gateway and on as many bare engines in the same run (their ratio),
+    latency, time to first token, award and queue time (p50/p95), jobs per provider.
+    """
+    from p2pnode.bench_gateway import run_bench_gateway
+
+    started = time.monotonic()
+    try:
+        figures = run_bench_gateway(
+            nodes=nodes,
+            concurrency=concurrency,
+            requests=requests,
+            say=lambda line: typer.echo(line, err=True),
+        )
+    except RuntimeError as exc:
+        _fail(str(exc))
+    figures["wall_s_total"] = round(time.monotonic() - started, 1)
+    if as_json:
+        typer.echo(json.dumps(figures))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"hearth bench gateway — {nodes} nodes, {requests} requests")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, json.dumps(value))
+    Console().print(table)
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add the node, buyer, gateway and demo commands, and `hearth bench market`."""
+    """Add the node, buyer, gateway and demo commands, and `hearth bench market|gateway`."""
     app.add_typer(node_app, name="node")
     app.command("submit")(submit)
     app.command("deposit")(deposit)
@@ -524,3 +564,4 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.command("gateway")(gateway)
     app.command("demo")(demo)
     bench.command("market")(bench_market)
+    bench.command("gateway")(bench_gateway)
