@@ -1,10 +1,12 @@
-"""Auction scoring: price, time to first token, reputation, region; determinism."""
+"""Auction scoring: price, time to first token, reputation, region; fair, reproducible ties."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from market.protocol.auction import StaticReputation, WeightedScorer, rank_bids
+from market.protocol.auction import StaticReputation, WeightedScorer, rank_bids, tiebreak
 from market.protocol.errors import LocalProtocolError
 from market.protocol.messages import Bid, Rfq
 
@@ -59,9 +61,30 @@ def test_off_region_is_penalised() -> None:
     assert order([(bid("PA"), "ap-south"), (bid("PB"), "eu-west")]) == ["PB", "PA"]
 
 
-def test_ties_break_on_provider_id_and_over_ceiling_is_dropped() -> None:
-    bids = [(bid("PC"), "eu-west"), (bid("PA"), "eu-west"), (bid("PX", 1001), "eu-west")]
-    assert order(bids) == ["PA", "PC"]
+def test_over_the_ceiling_is_dropped() -> None:
+    bids = [(bid("PC"), "eu-west"), (bid("PX", 1001), "eu-west")]
+    assert order(bids) == ["PC"]
+
+
+def test_equal_bids_fall_to_a_per_job_draw_that_is_fair_and_reproducible() -> None:
+    """Equal bids do not go to whoever's id sorts first: each job draws its own order."""
+    names = [f"P{c}" for c in "ABCDEF"]
+    wins = dict.fromkeys(names, 0)
+    for n in range(600):
+        job = n.to_bytes(16, "big")
+        rfq = dataclasses.replace(RFQ, job_id=job)
+        bids = [(bid(p, job=job), "eu-west") for p in names]
+        first = rank_bids(bids, rfq, WeightedScorer(), StaticReputation())
+        again = rank_bids(list(reversed(bids)), rfq, WeightedScorer(), StaticReputation())
+        assert [b.provider for b in first] == [b.provider for b in again]  # input order: no say
+        wins[first[0].provider] += 1
+    assert all(60 <= w <= 140 for w in wins.values()), wins  # fair share: 100 each
+
+
+def test_tiebreak_is_a_fixed_draw_in_the_unit_interval() -> None:
+    draws = {tiebreak(n.to_bytes(16, "big"), "PA") for n in range(200)}
+    assert all(0.0 <= d < 1.0 for d in draws) and len(draws) == 200
+    assert tiebreak(JOB, "PA") == tiebreak(JOB, "PA") != tiebreak(JOB, "PB")
 
 
 def test_a_bid_for_another_job_is_our_bug() -> None:
