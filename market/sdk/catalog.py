@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from market.protocol import ModelOffer, Offer
+from market.protocol.auction import tiebreak
 
 __all__ = ["Catalog", "ModelListing"]
 
@@ -26,8 +28,13 @@ class Catalog:
     without waiting.
     """
 
+    #: How far apart two offers may be (in units of ``ln`` price or speed ratio) and
+    #: still take turns at the head of :meth:`candidates`.
+    ROTATE = 0.1
+
     def __init__(self) -> None:
         self._offers: dict[str, tuple[Offer, float]] = {}
+        self._draws = 0  # salts candidates() when the caller gives none
 
     def add(self, offer: Offer, now: float) -> None:
         """Record ``offer`` (it replaces the provider's previous one)."""
@@ -70,20 +77,42 @@ class Catalog:
         ]
         return sorted(out, key=lambda m: (m.name, m.model_id))
 
-    def candidates(self, model_id: str, now: float) -> list[Offer]:
-        """Live offers of ``model_id`` from providers taking work, best first.
+    def candidates(self, model_id: str, now: float, *, salt: bytes | None = None) -> list[Offer]:
+        """Live offers of ``model_id`` from providers taking work, best first: whom a
+        buyer asks first when it asks only a few.
 
-        Best = cheapest for this model, then least loaded: whom a buyer asks first.
+        Best = cheapest, fastest (the offer's measured tokens/s) and least loaded, each
+        relative to the best offer, plus a draw keyed by ``salt`` (pass the job id;
+        without one, every call draws anew) of up to :attr:`ROTATE`. Equal providers
+        so take turns at the head of the list: a buyer that asks four of six equal
+        providers does not ask the same four every time.
         """
-        found = []
+        found: list[tuple[int, Offer]] = []
         for offer in self._live(now):
             if offer.power_state in ("draining", "off"):
                 continue
             prices = [m.price_per_1k for m in offer.models if m.model_id == model_id]
             if prices:
-                found.append((min(prices), offer.load, offer))
-        found.sort(key=lambda t: (t[0], t[1]))
-        return [offer for _, _, offer in found]
+                found.append((min(prices), offer))
+        if not found:
+            return []
+        if salt is None:
+            self._draws += 1
+            salt = self._draws.to_bytes(8, "big")
+        cheapest = max(1, min(price for price, _ in found))
+        stated = [o.tokens_per_s for _, o in found if o.tokens_per_s > 0]
+        fastest, slowest = (max(stated), min(stated)) if stated else (1.0, 1.0)
+
+        def key(entry: tuple[int, Offer]) -> tuple[float, str]:
+            price, offer = entry
+            tps = offer.tokens_per_s if offer.tokens_per_s > 0 else slowest  # 0: not stated
+            slower = math.log(fastest / tps)
+            dearer = math.log(max(1, price) / cheapest)
+            draw = self.ROTATE * tiebreak(salt, offer.provider)
+            return (dearer + slower + 0.5 * offer.load + draw, offer.provider)
+
+        found.sort(key=key)
+        return [offer for _, offer in found]
 
     def resolve(self, model: str, now: float) -> str | None:
         """A model's content address from its name or address (``None``: not offered)."""
