@@ -181,6 +181,7 @@ class BuyerJob(JobMachine):
         "_delivered",
         "_failovers",
         "_job_deadline",
+        "_left",
         "_pool",
         "_prompt_tokens",
         "_queued_at",
@@ -234,6 +235,7 @@ class BuyerJob(JobMachine):
         self._reserved = 0
         self._pool: dict[str, tuple[Bid, str]] = {}
         self._abandoned: set[str] = set()  # membership only
+        self._left: dict[str, str] = {}  # why we left each awarded provider
         self._declines: dict[str, DeclineNote] = {}
         self._segments: list[Segment] = []
         self._delivered: list[int] = []
@@ -490,7 +492,11 @@ class BuyerJob(JobMachine):
         if st is BuyerState.COLLECTING:
             return self._award_next(now)
         if st is BuyerState.BACKOFF:
-            return self._award_next(now) if self._pool else self._publish(now)
+            if self._pool:
+                return self._award_next(now)
+            if self._busy_round and (self._asked is None or self._asked_everyone):
+                return self._enqueue(now)  # busy answers came after the window: queue
+            return self._publish(now)
         if st is BuyerState.AWARDING:
             return self._abandon("award not accepted in time", -0.1, now)
         return self._abandon("provider silent past the heartbeat deadline", -0.3, now)
@@ -582,9 +588,10 @@ class BuyerJob(JobMachine):
                     f"every provider awarded the job refused it: {'; '.join(why)}"[:500],
                     now,
                 )
+            causes = "; ".join(f"{p[-8:]}: {why}" for p, why in self._left.items())
             return self._fail(
                 BuyerFailure.PROVIDERS_EXHAUSTED,
-                f"{len(self._abandoned)} awarded provider(s) failed; none left",
+                f"{len(self._abandoned)} awarded provider(s) failed ({causes}); none left"[:500],
                 now,
             )
         self.state = BuyerState.BACKOFF
@@ -600,6 +607,7 @@ class BuyerJob(JobMachine):
         a = self.active
         assert a is not None
         self._leave(a)
+        self._left[a.bid.provider] = reason
         self._abandoned.add(a.bid.provider)
         self.active = None
         return SendCancel(

@@ -18,10 +18,12 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-from collections import Counter
+import statistics
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ from market.protocol import (
 )
 from market.protocol.actions import (
     Action,
+    AwaitCapacity,
     DeliverTokens,
     Publish,
     ScorePeer,
@@ -50,16 +53,18 @@ from market.protocol.actions import (
     SendAward,
     SendVoucher,
 )
-from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.buyer import BuyerConfig, BuyerJob, BuyerState
 from market.protocol.driver import PROVIDER_STREAM, RFQ_ANSWERS, buyer_event, dispatch_buyer
 from market.protocol.events import (
     BidReceived,
     CancelRequested,
+    CapacityFreed,
     CollateralShort,
     DeadlinePassed,
     Event,
     JobSubmitted,
     PeerDisconnected,
+    QueueFull,
     RfqDelivered,
 )
 from market.protocol.outcomes import BuyerFailure, BuyerOutcome
@@ -76,6 +81,7 @@ from market.sdk.types import (
     HearthError,
     InsufficientFundsError,
     JobFailedError,
+    MarketBusyError,
     NoBidsError,
     ProviderShare,
     Result,
@@ -110,6 +116,8 @@ class ClientConfig:
     region: str = ""
     machine: BuyerConfig = field(default_factory=BuyerConfig)
     discovery_wait_s: float = 10.0  # how long generate() waits for a model's first offer
+    max_queued: int = 256  # jobs that may wait per model when every provider is busy
+    queue_retry_s: float = 0.5  # a waiting job tries the market again this often
 
 
 class JobHandle:
@@ -184,11 +192,11 @@ class Client:
         self.catalog = Catalog()
         self.reputation = Reputation()
         self._nursery = nursery
-        self._jobs: dict[bytes, trio.MemorySendChannel[Event]] = {}
-        # Providers streaming one of our jobs right now. A channel's vouchers are
-        # cumulative, so they must reach a provider in order: one job per provider at
-        # a time (two streams could reorder them and look like a voucher going back).
-        self._busy: dict[str, bytes] = {}
+        self._jobs: dict[bytes, _JobRun] = {}
+        # The admission queue: per model, jobs waiting for a provider with a free slot,
+        # in arrival order (one that tried its turn and found none goes back in front).
+        self._queues: dict[str, deque[_JobRun]] = {}
+        self._recent_s: deque[float] = deque(maxlen=64)  # how long recent jobs took
         self._guard = ReplayGuard()
         self._offers_seen = trio.Event()
 
@@ -221,10 +229,18 @@ class Client:
         params: GenerationParams | None = None,
         *,
         max_price_per_1k: int | None = None,
+        timeout_s: float | None = None,
     ) -> JobHandle:
-        """Start a job; iterate the returned handle for chunks (see :class:`JobHandle`)."""
+        """Start a job; iterate the returned handle for chunks (see :class:`JobHandle`).
+
+        ``timeout_s`` is the caller's deadline for the whole job, time waiting for a
+        free provider included (default: the client's ``machine.job_timeout_s``). When
+        every provider stays busy until then, iteration raises :class:`MarketBusyError`.
+        """
         if (messages is None) == (prompt is None):
             raise ValueError("give exactly one of messages and prompt")
+        if timeout_s is not None and not 0 < timeout_s <= 86_400:
+            raise ValueError(f"timeout_s must be in (0, 86400], got {timeout_s!r}")
         p = params or GenerationParams()
         ceiling = self.config.max_price_per_1k if max_price_per_1k is None else max_price_per_1k
 
@@ -232,7 +248,9 @@ class Client:
             async with out:
                 outcome: Result | HearthError
                 try:
-                    outcome = await self._run(model, messages, prompt, p, ceiling, out, handle)
+                    outcome = await self._run(
+                        model, messages, prompt, p, ceiling, out, handle, timeout_s
+                    )
                 except HearthError as exc:
                     outcome = exc
                 except Exception as exc:  # one job's bug must not take the client (and
@@ -256,6 +274,7 @@ class Client:
         ceiling: int | None,
         out: trio.MemorySendChannel[Any],
         handle: JobHandle,
+        timeout_s: float | None = None,
     ) -> Result:
         model_id = await self.resolve_model(model)
         if ceiling is None:
@@ -282,27 +301,84 @@ class Client:
             bid_window_ms=self.config.bid_window_ms,
         )
         prompt = p.prompt_message(job_id, messages, prompt_text)
+        machine = self.config.machine
+        if timeout_s is not None:
+            machine = dataclasses.replace(machine, job_timeout_s=timeout_s)
         job = BuyerJob(
             rfq=rfq,
             prompt=prompt,
             wallet=self.wallet,
             reputation=self.reputation,
-            config=self.config.machine,
+            config=machine,
         )
         run = _JobRun(self, job, out)
-        self._jobs[job_id] = run.events_in
+        self._jobs[job_id] = run
         try:
-            outcome = await run.drive(handle._cancel)
+            outcome = await run.drive(handle._cancel, queue_first=self._waiting(model_id) > 0)
         finally:
             del self._jobs[job_id]
-        return _result(outcome, model_id, prompt_tokens, run)
+            self._wake(model_id)  # our slot (if we had one) is free: the next in line tries
+        if outcome.completed:
+            self._recent_s.append(outcome.finished_at - run.started_at - outcome.queued_s)
+        return _result(outcome, model_id, prompt_tokens, run, self.retry_after_s(model_id))
+
+    # ----------------------------------------------------------------- admission queue
+    def _waiting(self, model_id: str) -> int:
+        """Jobs of ``model_id`` waiting in the queue right now."""
+        q = self._queues.get(model_id)
+        return 0 if q is None else sum(1 for r in q if r.job.state is BuyerState.QUEUED)
+
+    def _enqueue(self, run: _JobRun) -> None:
+        """``run`` found every provider busy: it waits its turn (the machine's deadline
+        still runs), or fails at once when the queue is full."""
+        model_id = run.job.rfq.model_id
+        q = self._queues.setdefault(model_id, deque())
+        waiting = self._waiting(model_id)
+        if waiting >= self.config.max_queued:
+            run.events_in.send_nowait(
+                QueueFull(detail=f"{waiting} jobs already wait for this model (max_queued)")
+            )
+            return
+        if run.queued_before:
+            q.appendleft(run)  # tried its turn and found no slot: still first in line
+        else:
+            q.append(run)
+        run.queued_before = True
+
+    def _wake(self, model_id: str) -> None:
+        """Let the first job still waiting for ``model_id`` run a fresh auction."""
+        q = self._queues.get(model_id)
+        while q:
+            run = q.popleft()
+            if run.job.state is BuyerState.QUEUED and run.outcome is None:
+                run.woken = True
+                run.events_in.send_nowait(CapacityFreed())
+                return
+        self._queues.pop(model_id, None)
+
+    async def _retry_queues(self) -> None:
+        """Every ``queue_retry_s``, the head of each queue tries again, unless a job let
+        out before it is still looking (capacity our own jobs free wakes it at once)."""
+        while True:
+            await trio.sleep(self.config.queue_retry_s)
+            for model_id in list(self._queues):
+                looking = any(
+                    r.woken and r.job.rfq.model_id == model_id for r in self._jobs.values()
+                )
+                if not looking:
+                    self._wake(model_id)
+
+    def retry_after_s(self, model_id: str) -> float:
+        """A fair guess of when capacity frees: how long recent jobs took, for each
+        batch of waiters ahead (used for ``Retry-After``)."""
+        typical = statistics.median(self._recent_s) if self._recent_s else 5.0
+        return float(min(60, max(1, math.ceil(typical * (1 + self._waiting(model_id) // 8)))))
 
     # ----------------------------------------------------------------- network input
     async def _bid_event(self, peer: str, message: Message | None) -> Event | None:
         """``peer``'s answer to an RFQ as an event for the job (``None``: not to be routed).
 
-        Only staked providers' bids count (Sybil resistance); a provider streaming
-        another of our jobs is not awarded a second one.
+        Only staked providers' bids count (Sybil resistance).
         """
         if message is None:
             raise RemoteProtocolError("the stream ended before a Bid or Decline")
@@ -314,17 +390,17 @@ class Client:
         ):
             self.unstaked_bids += 1
             return None
-        assert isinstance(message, Bid | Decline)
-        busy_with = self._busy.get(peer)
-        return event if busy_with is None or busy_with == message.job_id else None
+        return event
 
     async def _on_bid_stream(self, fs: FramedStream) -> None:
+        """A provider's answer to a gossiped RFQ; a bid's stream is held like a direct one
+        (the award goes on it, or ending it tells the provider "not awarded")."""
         message = await receive_message(fs, self._guard, timeout=5)
         event = await self._bid_event(fs.peer_id, message)
         assert isinstance(message, Bid | Decline)
-        route = self._jobs.get(message.job_id)
-        if route is not None and event is not None:
-            route.send_nowait(event)
+        run = self._jobs.get(message.job_id)
+        if run is not None and event is not None:
+            await run.route_answer(fs.peer_id, fs, event)
 
     async def _watch_offers(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in channel:
@@ -338,6 +414,10 @@ class Client:
     def _add_offer(self, offer: Offer) -> None:
         self.catalog.add(offer, trio.current_time())
         self._offers_seen.set()
+        if offer.free_slots > 0 and offer.power_state in ("normal", "throttled"):
+            for m in offer.models:  # a provider says it has room: the next in line tries
+                if m.model_id in self._queues:
+                    self._wake(m.model_id)
         if self.stake_check is not None:  # read the registry now, not mid-auction
             self._nursery.start_soon(self.stake_check.warm, offer.provider, offer.provider_address)
 
@@ -395,13 +475,16 @@ class _JobRun:
         self.started_at = trio.current_time()
         self.first_token_at: float | None = None
         self.texts: list[str] = []
+        self.queued_before = False  # has waited in the admission queue
+        self.woken = False  # let out of the queue and not placed yet
 
-    async def drive(self, cancel: trio.Event) -> BuyerOutcome:
+    async def drive(self, cancel: trio.Event, *, queue_first: bool = False) -> BuyerOutcome:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             self.cancel = cancel
             nursery.start_soon(self._cancel_on, cancel)
-            await self._apply(self.job.handle(JobSubmitted(), trio.current_time()))
+            submitted = JobSubmitted(queue_first=queue_first)
+            await self._apply(self.job.handle(submitted, trio.current_time()))
             while self.outcome is None:
                 deadline = self.job.next_deadline()
                 event: Event = DeadlinePassed()
@@ -428,11 +511,19 @@ class _JobRun:
 
     # ------------------------------------------------ the machine's actions (BuyerDriver)
 
+    async def await_capacity(self, action: AwaitCapacity) -> None:
+        """Every provider that heard us is busy: wait in the client's admission queue."""
+        self.woken = False
+        self.client._enqueue(self)
+
     async def send_award(self, action: SendAward) -> None:
         """Start the winner's session; the award (then the prompt) waits for its stream."""
         self.pending[action.to] = [action.message]
         self._release(except_peer=action.to)
         self.nursery.start_soon(self._provider_session, action)
+        if self.woken:  # placed after waiting: the next in line may find room too
+            self.woken = False
+            self.client._wake(self.job.rfq.model_id)
 
     async def deliver_tokens(self, action: DeliverTokens) -> None:
         if self.first_token_at is None:
@@ -470,12 +561,14 @@ class _JobRun:
         rfq = action.rfq
         client = self.client
         data = sealed(rfq, client.key)
-        peers = self._direct_candidates(rfq.model_id) if self.job.round == 1 else []
+        peers, everyone = (
+            self._direct_candidates(rfq.model_id) if self.job.round == 1 else ([], False)
+        )
         if peers:
             client.rfq_rounds["direct"] += 1
             for peer in peers:
                 self.nursery.start_soon(self._ask, peer, data)
-            self.events_in.send_nowait(RfqDelivered(asked=len(peers)))
+            self.events_in.send_nowait(RfqDelivered(asked=len(peers), everyone=everyone))
             return
         client.rfq_rounds["gossip"] += 1
         net = client.net
@@ -487,16 +580,15 @@ class _JobRun:
         with suppress(NetError):
             await net.publish(topic, data)
 
-    def _direct_candidates(self, model_id: str) -> list[str]:
+    def _direct_candidates(self, model_id: str) -> tuple[list[str], bool]:
+        """Up to ``direct_rfq`` connected providers of the model, and whether they are
+        every provider of it we know of."""
         client = self.client
         connected = set(client.net.connected_peers())
-        out: list[str] = []
-        for offer in client.catalog.candidates(model_id, trio.current_time()):
-            if len(out) >= client.config.direct_rfq:
-                break
-            if offer.provider in connected and offer.provider not in client._busy:
-                out.append(offer.provider)
-        return out
+        offers = client.catalog.candidates(model_id, trio.current_time())
+        out = [o.provider for o in offers if o.provider in connected]
+        limit = client.config.direct_rfq
+        return out[:limit], len(offers) <= limit and len(out) == len(offers)
 
     async def _ask(self, peer: str, data: bytes) -> None:
         """One direct RFQ: send it, turn the answer into an event, hold a bidder's stream."""
@@ -507,19 +599,28 @@ class _JobRun:
                 await fs.send(data)
                 message = await receive_message(fs, client._guard, timeout=window)
                 event = await client._bid_event(peer, message)
-                if event is None:
-                    return
-                if isinstance(event, BidReceived):
-                    released = trio.Event()
-                    self.held[peer] = (fs, released)
-                    self.events_in.send_nowait(event)
-                    await released.wait()
-                else:
-                    self.events_in.send_nowait(event)
+                if event is not None:
+                    await self.route_answer(peer, fs, event)
         except (NetError, RemoteProtocolError) as exc:
             client.reputation.note_failure(peer, str(exc))
+
+    async def route_answer(self, peer: str, fs: FramedStream, event: Event) -> None:
+        """Hand a bid or decline to the job; hold a bidder's stream until we award.
+
+        The award goes on the winner's held stream; ending the others' tells those
+        providers "not awarded", and they free the slots their bids hold at once.
+        """
+        if not isinstance(event, BidReceived) or self.outcome is not None:
+            self.events_in.send_nowait(event)
+            return
+        released = trio.Event()
+        self.held[peer] = (fs, released)
+        try:
+            self.events_in.send_nowait(event)
+            await released.wait()
         finally:
-            self.held.pop(peer, None)
+            if self.held.get(peer, (None,))[0] is fs:
+                del self.held[peer]
 
     async def send_voucher(self, action: SendVoucher) -> None:
         ledger = self.client.ledger
@@ -556,8 +657,6 @@ class _JobRun:
         net = self.client.net
         held = self.held.get(peer)
         try:
-            if self.client._busy.setdefault(peer, self.job.job_id) != self.job.job_id:
-                raise NetError(f"{peer} is already streaming another of our jobs")
             if not await self._cover(award):
                 return
             net.protect(peer)
@@ -575,8 +674,6 @@ class _JobRun:
         finally:
             self.pending.pop(peer, None)
             self.streams.pop(peer, None)
-            if self.client._busy.get(peer) == self.job.job_id:
-                del self.client._busy[peer]
             net.unprotect(peer)
         if self.outcome is None:
             self.events_in.send_nowait(PeerDisconnected(peer=peer))
@@ -605,7 +702,9 @@ class _JobRun:
             self.events_in.send_nowait(buyer_event(peer, message, only=PROVIDER_STREAM))
 
 
-def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobRun) -> Result:
+def _result(
+    outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobRun, retry_after_s: float
+) -> Result:
     text = "".join(run.texts)
     shares = tuple(
         ProviderShare(
@@ -629,8 +728,9 @@ def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobR
         cost=outcome.paid,
         shares=shares,
         failovers=outcome.failovers,
-        award_ms=1000 * (outcome.awarded_at - run.started_at) if outcome.awarded_at else 0.0,
+        award_ms=1000 * outcome.award_s if outcome.award_s is not None else 0.0,
         ttft_ms=1000 * (run.first_token_at - run.started_at) if run.first_token_at else 0.0,
+        queued_ms=1000 * outcome.queued_s,
     )
     if outcome.completed:
         return result
@@ -642,6 +742,8 @@ def _result(outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobR
         raise InsufficientFundsError(outcome.detail)
     if outcome.reason == BuyerFailure.BAD_REQUEST:
         raise BadRequestError(outcome.detail)
+    if outcome.reason == BuyerFailure.SATURATED:
+        raise MarketBusyError(model_id, outcome.detail, retry_after_s)
     if outcome.reason == BuyerFailure.CANCELLED:
         return result
     raise JobFailedError(outcome.why(), partial=result)
@@ -674,6 +776,7 @@ async def open_client(
         offers = await net.subscribe(offers_topic(), check=_offer_check)
         nursery.start_soon(client._watch_offers, offers)
         nursery.start_soon(client._pull_offers)
+        nursery.start_soon(client._retry_queues)
         try:
             yield client
         finally:

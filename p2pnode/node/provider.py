@@ -47,6 +47,7 @@ from market.protocol.events import (
     Event,
     GenerationFailed,
     GenerationFinished,
+    NotAwarded,
     PeerDisconnected,
     RfqReceived,
     TokensGenerated,
@@ -54,7 +55,7 @@ from market.protocol.events import (
 from market.protocol.outcomes import ProviderOutcome
 from market.protocol.payments import VoucherBook
 from market.protocol.policy import BidPolicy, ProviderStatus
-from market.protocol.provider import ProviderConfig, ProviderJob
+from market.protocol.provider import ProviderConfig, ProviderJob, ProviderState
 from market.protocol.signing import SigningKey
 from market.streams import (
     BID_PROTOCOL,
@@ -128,7 +129,10 @@ class ProviderService:
         self._ledger_limiter = trio.CapacityLimiter(1)
         self.config = config or ProviderConfig()
         self.stats = ProviderStats()
-        self.active_jobs = 0
+        # Serving slots in use: by a job being served, or held for an open bid (a bid
+        # promises capacity only the node really has, and keeps it until the award, the
+        # buyer's "not awarded", or the hold's end).
+        self._slots: set[bytes] = set()
         self.accepting = True
         self._bids: dict[bytes, ProviderJob] = {}
         # RFQs cost us a chain read and (on gossip) a connection back: each buyer peer
@@ -178,6 +182,34 @@ class ProviderService:
             return
         with suppress(Exception):  # unreachable chain: the voucher is judged on the old reading
             await covers.refresh(voucher.buyer_address)
+
+    @property
+    def active_jobs(self) -> int:
+        """Slots in use: jobs being served plus slots held for open bids."""
+        return len(self._slots)
+
+    @property
+    def held_slots(self) -> int:
+        """Slots held for bids not (yet) awarded."""
+        return len(self._slots) - len(self._sessions)
+
+    def _bid_actions(self, actions: list[Action]) -> None:
+        """Carry out what a job machine asks before any award: its slot, nothing else.
+
+        (Its answer, the Bid or Decline, is sent by the caller on the right stream; an
+        outcome of a bid never awarded needs no record.)
+        """
+        for action in actions:
+            if isinstance(action, ClaimSlot):
+                self._slots.add(action.job_id)
+            elif isinstance(action, ReleaseSlot):
+                self._slots.discard(action.job_id)
+
+    def _not_awarded(self, job_id: bytes) -> None:
+        """The buyer ended our bid's stream without awarding it: free the held slot."""
+        job = self._bids.get(job_id)
+        if job is not None and job.state is ProviderState.BID_SENT:
+            self._bid_actions(job.handle(NotAwarded(), trio.current_time()))
 
     @property
     def busy(self) -> bool:
@@ -240,7 +272,10 @@ class ProviderService:
             return  # a replay of a message already handled, or expired in flight
         if sender != msg.origin:
             return
-        await self._answer(await self._quote(rfq))
+        answer = await self._quote(rfq)
+        with suppress(NetError, RemoteProtocolError):
+            async with self.net.open_stream(answer.to, BID_PROTOCOL, timeout=5) as fs:
+                await self._answer_and_wait(fs, answer)
 
     async def _on_rfq_stream(self, fs: FramedStream) -> None:
         """An RFQ straight from a buyer: answer on the same stream and wait for the award.
@@ -252,15 +287,28 @@ class ProviderService:
             return  # over its rate: the stream ends with nothing said, nothing read
         message = await receive_message(fs, self._guard, timeout=10)
         rfq = valid_rfq(message, fs.peer_id, self.model_id)  # raises: an error frame
-        answer = await self._quote(rfq)
+        await self._answer_and_wait(fs, await self._quote(rfq))
+
+    async def _answer_and_wait(self, fs: FramedStream, answer: SendBid | SendDecline) -> None:
+        """Send our answer on ``fs``; for a bid, hold the stream open for the award.
+
+        The buyer keeps a bidder's stream open until it awards someone: the award comes
+        on it, or the buyer ends it, which says "not awarded" and frees the slot the bid
+        holds (the bid itself stays open for a late failover award until it expires).
+        """
         await send_message(fs, answer.message, self.key)
-        if isinstance(answer, SendBid):
-            try:
-                award = await receive_message(fs, self._guard, timeout=self.config.bid_ttl_s)
-            except NetError:
-                return  # the buyer went away or picked someone else: the bid stays open
-            if award is not None:
-                await self._serve(fs, award)
+        if not isinstance(answer, SendBid):
+            with suppress(NetError), trio.move_on_after(2):
+                await fs.send_end()
+            return
+        job_id = answer.message.job_id
+        award = None
+        with suppress(NetError):  # the buyer went away or picked someone else
+            award = await receive_message(fs, self._guard, timeout=self.config.bid_ttl_s)
+        if award is None:
+            self._not_awarded(job_id)
+            return
+        await self._serve(fs, award)
 
     async def _quote(self, rfq: Rfq) -> SendBid | SendDecline:
         """Run the bid policy on ``rfq``: the bid (remembered until awarded) or a decline."""
@@ -276,6 +324,7 @@ class ProviderService:
             config=self.config,
         )
         actions = job.handle(RfqReceived(rfq=rfq, status=self.status()), trio.current_time())
+        self._bid_actions(actions)
         answer = next(a for a in actions if isinstance(a, SendBid | SendDecline))
         if isinstance(answer, SendBid):
             self.stats.bids += 1
@@ -285,20 +334,15 @@ class ProviderService:
             self.stats.declines_by_reason[answer.message.reason.value] += 1
         return answer
 
-    async def _answer(self, action: Send) -> None:
-        with suppress(NetError), trio.move_on_after(10):
-            async with self.net.open_stream(action.to, BID_PROTOCOL, timeout=5) as fs:
-                await send_message(fs, action.message, self.key)
-                await fs.send_end()
-
-    async def _expire_bids(self) -> None:
+    async def _expire_bids(self, interval_s: float = 0.25) -> None:
+        """End holds and bids whose time is up (a held slot goes back within ``interval_s``)."""
         while True:
-            await trio.sleep(1)
+            await trio.sleep(interval_s)
             now = trio.current_time()
             for job_id, job in list(self._bids.items()):
                 deadline = job.next_deadline()
                 if deadline is not None and deadline <= now:
-                    job.handle(DeadlinePassed(), now)
+                    self._bid_actions(job.handle(DeadlinePassed(), now))
                 if job.finished:
                     self._bids.pop(job_id, None)
 
@@ -365,6 +409,14 @@ class _JobSession:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await self._apply(self.job.handle(awarded, now))
+            rfq = self.job.rfq
+            if self.job.award is not None and rfq is not None:  # bookkeeping, off the path
+                nursery.start_soon(  # to the first token
+                    svc.in_ledger,
+                    lambda ledger, rfq=rfq: ledger.record_job(
+                        rfq.job_id, role="provider", counterparty=rfq.buyer, model_id=rfq.model_id
+                    ),
+                )
             nursery.start_soon(self._read)
             while not self.job.finished:
                 deadline = self.job.next_deadline()
@@ -419,19 +471,10 @@ class _JobSession:
             self.generation.cancel()
 
     async def claim_slot(self, action: ClaimSlot) -> None:
-        svc = self.svc
-        svc.active_jobs += 1
-        rfq = self.job.rfq
-        if rfq is not None:  # bookkeeping, off the path to the first token
-            self.nursery.start_soon(
-                svc.in_ledger,
-                lambda ledger, job_id=action.job_id, rfq=rfq: ledger.record_job(
-                    job_id, role="provider", counterparty=rfq.buyer, model_id=rfq.model_id
-                ),
-            )
+        self.svc._slots.add(action.job_id)  # a late award: its bid's hold had ended
 
     async def release_slot(self, action: ReleaseSlot) -> None:
-        self.svc.active_jobs -= 1
+        self.svc._slots.discard(action.job_id)
 
     async def store_voucher(self, action: StoreVoucher) -> None:
         """Persist the voucher before anything else happens: it is the node's pay."""

@@ -402,9 +402,9 @@ def test_a_full_market_queues_the_job_then_serves_it_when_capacity_frees() -> No
     assert isinstance(wait, A.AwaitCapacity) and wait.busy == 1 and wait.rfq == m.rfq
     assert m.next_deadline() == pytest.approx(600.0)  # only the job's own deadline runs
     assert kinds(m.handle(E.CapacityFreed(), 5.2)) == ["Publish"] and m.round == 1
-    m.handle(bid("PA"), 5.25)
-    m.handle(bid("PB"), 5.26)
-    m.handle(E.AcceptReceived(sender="PA", accept=Accept(job_id=JOB, provider="PA")), 5.3)
+    out = m.handle(bid("PA"), 5.25) + m.handle(bid("PB"), 5.26)
+    won = next(a for a in out if isinstance(a, A.SendAward)).to
+    m.handle(E.AcceptReceived(sender=won, accept=Accept(job_id=JOB, provider=won)), 5.3)
     m.handle(E.CancelRequested(), 5.4)
     assert m.outcome is not None
     assert m.outcome.queued_s == pytest.approx(5.0)
