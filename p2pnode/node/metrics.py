@@ -14,6 +14,9 @@ hearth_node_accepting                       gauge    (1 while bidding)
 hearth_uptime_seconds                       gauge
 hearth_tokens_generated_total               counter
 hearth_tokens_per_second                    gauge    (over the last ~60 s)
+hearth_measured_tokens_per_second           gauge    (per job, at the batch a new job
+                                                      would join: what offers state)
+hearth_measured_ttft_seconds                gauge    (median of recent requests)
 hearth_jobs_total                           counter  outcome (ledger status: done, …)
 hearth_jobs_active                          gauge
 hearth_rfqs_seen_total                      counter
@@ -82,6 +85,19 @@ class NodeCollector:
             "hearth_tokens_generated", "Tokens generated for buyers", value=tok["total"]
         )
         yield _gauge("hearth_tokens_per_second", "Tokens generated per second", tok["per_s"])
+        measured = s.get("measured") or {}
+        if measured.get("tokens_per_s") is not None:
+            yield _gauge(
+                "hearth_measured_tokens_per_second",
+                "Measured tokens/s per job at the batch a new job would join (as offered)",
+                measured["tokens_per_s"],
+            )
+        if measured.get("ttft_ms") is not None:
+            yield _gauge(
+                "hearth_measured_ttft_seconds",
+                "Measured time to first token, median of recent requests (as offered)",
+                measured["ttft_ms"] / 1000.0,
+            )
         fam = CounterMetricFamily("hearth_jobs", "Jobs served, by outcome", labels=["outcome"])
         for outcome, n in sorted(jobs["by_outcome"].items()):
             if outcome != "running":

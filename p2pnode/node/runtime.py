@@ -99,6 +99,7 @@ class _Node:
         self.net: NodeNet | None = None
         self.power: PowerService | None = None
         self.max_context = 0  # the engine's real context, once it is started
+        self.engine: Any = None  # the serving Engine, once built (its meter: measured speed)
         self.state = "starting"
         self.offers_changed = trio.Event()
         self.telemetry = Telemetry(
@@ -124,6 +125,8 @@ class _Node:
             started_at=self.started_at,
             peer_id=self.s.identity.peer_id,
         )
+        if self.engine is not None:
+            doc["measured"] = _measured(self.engine)
         doc["pid"] = os.getpid()
         doc["address"] = self.s.identity.eth_address
         doc["addrs"] = self.net.addrs if self.net is not None else []
@@ -202,6 +205,8 @@ async def run_node(
         max_batch=max(8, s.capacity),
         pack_weights=s.pack_weights,
     )
+
+    node.engine = engine
 
     def status() -> ProviderStatus:
         """This node as measured now: speed at the batch a new job would join, and TTFT."""
@@ -288,6 +293,19 @@ async def run_node(
             (s.data_dir / "status.json").write_text(json.dumps(doc, indent=2, default=str))
             node.telemetry.close()
             nursery.cancel_scope.cancel()
+
+
+def _measured(engine: Any) -> dict[str, Any]:
+    """What the engine measured (status.json's ``measured``; offers state the same)."""
+    speed = engine.speed()
+    reading = engine.meter.reading()
+    return {
+        "tokens_per_s": speed.tokens_per_s,  # per job, at the batch a new job would join
+        "batch": speed.batch,
+        "ttft_ms": speed.ttft_ms,  # median of recent requests
+        "step_ms": {str(b): round(ms, 3) for b, ms in reading.step_ms.items()},
+        "steps": reading.steps,
+    }
 
 
 def redeem_all(redeemer: Redeemer) -> int:

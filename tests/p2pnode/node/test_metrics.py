@@ -142,3 +142,16 @@ def test_a_node_still_starting_exports_zeros_not_errors(tmp_path: Path) -> None:
     assert fams["hearth_jobs"].samples == []
     assert "hearth_uptime_seconds" not in fams  # unknown, so not exported
     tele.close()
+
+
+def test_measured_speed_is_exported_when_the_engine_has_measured(tmp_path: Path) -> None:
+    """What offers state (measured by the engine) is scraped as it is offered."""
+    tele = Telemetry(ledger_path=tmp_path / "not-yet.sqlite")
+    snap = tele.snapshot(state="serving", service=None, net=None, power_state="normal")
+    fams = {f.name: f for f in NodeCollector(lambda: snap).collect()}
+    assert "hearth_measured_tokens_per_second" not in fams  # nothing measured: nothing said
+    snap["measured"] = {"tokens_per_s": 22.5, "batch": 1, "ttft_ms": 46.0, "step_ms": {}}
+    fams = {f.name: f for f in NodeCollector(lambda: snap).collect()}
+    assert fams["hearth_measured_tokens_per_second"].samples[0].value == 22.5
+    assert fams["hearth_measured_ttft_seconds"].samples[0].value == 0.046
+    tele.close()
