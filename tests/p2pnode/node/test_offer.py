@@ -1,0 +1,63 @@
+"""A node's offer states what its engine measured: free slots, tokens/s, time to first token."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+from typing import Any
+
+from market.protocol.policy import CostPlusPolicy, ProviderStatus
+from p2pnode.node.runtime import _offer
+
+POLICY = CostPlusPolicy(electricity_per_kwh=300_000, power_draw_w=350.0, base_ttft_ms=150)
+
+
+def status(**kw: Any) -> ProviderStatus:
+    fields: dict[str, Any] = dict(
+        provider="PA",
+        provider_address=b"\xaa" * 20,
+        region="eu-west",
+        power_state="normal",
+        models=frozenset({"ab" * 32}),
+        active_jobs=1,
+        capacity=4,
+        tokens_per_s=22.5,
+        ttft_ms=46.4,
+    )
+    fields.update(kw)
+    return ProviderStatus(**fields)
+
+
+def node(st: ProviderStatus, policy: CostPlusPolicy = POLICY) -> Any:
+    service = SimpleNamespace(status=lambda: st, policy=policy)
+    settings = SimpleNamespace(policy=POLICY, offer_ttl_s=30)
+    return SimpleNamespace(service=service, s=settings, max_context=2048)
+
+
+MODEL = SimpleNamespace(name="SmolLM2", config=SimpleNamespace(max_position_embeddings=8192))
+
+
+def test_the_offer_states_the_measured_figures() -> None:
+    st = status()
+    offer = _offer(node(st), MODEL, "ab" * 32, ())
+    assert offer.free_slots == 3
+    assert offer.tokens_per_s == 22.5
+    assert offer.ttft_ms == 46
+    assert offer.load == 0.25
+    assert offer.models[0].price_per_1k == POLICY.price_per_1k(st)
+
+
+def test_a_throttled_node_offers_the_speed_its_bids_state() -> None:
+    offer = _offer(node(status(power_state="throttled")), MODEL, "ab" * 32, ())
+    assert offer.tokens_per_s == 22.5 * POLICY.throttle_factor
+
+
+def test_before_any_measured_first_token_the_policy_figure_is_stated() -> None:
+    offer = _offer(node(status(ttft_ms=None)), MODEL, "ab" * 32, ())
+    assert offer.ttft_ms == 150
+
+
+def test_the_dashboard_price_floor_reaches_the_offer() -> None:
+    floored = dataclasses.replace(POLICY, floor_per_1k=9_999)
+    offer = _offer(node(status(), floored), MODEL, "ab" * 32, ())
+    assert offer.models[0].price_per_1k == 9_999
