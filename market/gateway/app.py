@@ -10,8 +10,8 @@ for it:
 
 * **The caller's deadline is the job's.** The official OpenAI clients state how long
   they wait (:func:`~market.gateway.request.job_timeout_s`); the job, its wait in the
-  buyer's admission queue included, gets that long (else
-  :data:`~market.gateway.request.DEFAULT_TIMEOUT_S`).
+  buyer's admission queue included, gets that long (else the gateway's default,
+  else the buyer client's).
 * **A saturated market says so.** Every provider busy until the deadline is
   ``429`` with ``Retry-After`` (the SDK's :class:`MarketBusyError`); nobody bidding is
   ``503`` with ``Retry-After``; each error body names its cause.
@@ -45,7 +45,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from market.gateway.request import (
-    DEFAULT_TIMEOUT_S,
     MAX_BODY_BYTES,
     MAX_JSON_DEPTH,
     BadRequest,
@@ -193,11 +192,12 @@ def _logprobs(chunks: list[Chunk], chat: bool) -> dict[str, Any] | None:
     }
 
 
-def create_app(backend: Backend, *, default_timeout_s: float = DEFAULT_TIMEOUT_S) -> Starlette:
+def create_app(backend: Backend, *, default_timeout_s: float | None = None) -> Starlette:
     """Build the gateway's ASGI app over a market ``backend``.
 
     ``default_timeout_s``: a job's deadline, queueing included, when the caller's
-    client states none (see :func:`~market.gateway.request.job_timeout_s`).
+    client states none (see :func:`~market.gateway.request.job_timeout_s`; ``None``:
+    the backend's own default).
     """
 
     async def list_models(request: Request) -> Response:

@@ -38,7 +38,6 @@ from market.sdk.types import GenerationParams
 
 __all__ = [
     "BODY_TIMEOUT_S",
-    "DEFAULT_TIMEOUT_S",
     "MAX_BODY_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_TIMEOUT_S",
@@ -59,8 +58,6 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting of arrays and objects accepted, checked before any parser sees the body."""
 BODY_TIMEOUT_S = 30.0
 """Longest a client may take to send its body (408 after)."""
-DEFAULT_TIMEOUT_S = 300.0
-"""A job's deadline, queueing included, when the caller states none (seconds)."""
 MAX_TIMEOUT_S = 3600.0
 """Longest deadline a caller's header may ask for; a longer one is cut to this."""
 TIMEOUT_HEADERS = ("x-stainless-timeout", "x-stainless-read-timeout")
@@ -126,7 +123,7 @@ def _too_big() -> BadRequest:
 # ----------------------------------------------------------------- the deadline
 
 
-def job_timeout_s(headers: Mapping[str, str], default: float = DEFAULT_TIMEOUT_S) -> float:
+def job_timeout_s(headers: Mapping[str, str], default: float | None = None) -> float | None:
     """The job's deadline in seconds (queueing included), from the caller's own.
 
     The official ``openai`` clients send how long they will wait for the answer in
@@ -134,7 +131,13 @@ def job_timeout_s(headers: Mapping[str, str], default: float = DEFAULT_TIMEOUT_S
     ends :data:`ANSWER_MARGIN_S` before that (half of it for a very short one), so its
     "market busy" answer arrives while the caller still listens; a deadline over
     :data:`MAX_TIMEOUT_S` is cut to it. A value that is not a positive, finite number
-    of seconds is ignored (it is a hint, not part of the request): ``default`` then.
+    of seconds is ignored (it is a hint, not part of the request): ``default`` then
+    (``None``: the buyer client's own default, ``BuyerConfig.job_timeout_s``).
+
+    The deadline is the whole job's. For a non-streaming caller that is exactly its
+    own; a streaming one waits that long at most for the first token (the gateway
+    answers nothing before it), but would read a longer stream than that, which the
+    job's deadline then cuts short.
     """
     for name in TIMEOUT_HEADERS:
         raw = headers.get(name)

@@ -19,7 +19,6 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from market.gateway.app import Backend, create_app
-from market.gateway.request import DEFAULT_TIMEOUT_S
 
 __all__ = [
     "SANE_RECURSION_LIMIT",
@@ -87,7 +86,7 @@ async def serve_gateway(
     port: int = 8000,
     *,
     sock: socket.socket | None = None,
-    default_timeout_s: float = DEFAULT_TIMEOUT_S,
+    default_timeout_s: float | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; ``nursery.start`` returns the bound port (useful with ``port=0``).
@@ -95,7 +94,8 @@ async def serve_gateway(
     ``sock`` is a socket from :func:`listen` to serve on (``host``/``port`` are then
     ignored); without one, this binds ``host:port`` itself (:class:`GatewayBindError`).
     ``default_timeout_s`` is a job's deadline, queueing included, for a caller whose
-    client states none (see :func:`market.gateway.request.job_timeout_s`).
+    client states none (see :func:`market.gateway.request.job_timeout_s`; ``None``:
+    the buyer client's own default).
     """
     if sock is None:
         sock = listen(host, port)

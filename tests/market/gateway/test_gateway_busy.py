@@ -17,7 +17,6 @@ import pytest
 from market.gateway import create_app
 from market.gateway.request import (
     ANSWER_MARGIN_S,
-    DEFAULT_TIMEOUT_S,
     MAX_TIMEOUT_S,
     job_timeout_s,
 )
@@ -64,8 +63,8 @@ class FailingBackend:
         return FailingJob(self.error)
 
 
-def _client(backend: FailingBackend) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_app(backend))
+def _client(backend: FailingBackend, **options: Any) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(backend, **options))
     return httpx.AsyncClient(transport=transport, base_url="http://gateway")
 
 
@@ -105,7 +104,15 @@ async def test_the_openai_clients_timeout_header_becomes_the_jobs_deadline() -> 
         ):
             await client.post(CHAT, json=BODY, headers=headers)
     asked = [call["timeout_s"] for call in backend.calls]
-    assert asked == [20.0 - ANSWER_MARGIN_S] * 2 + [DEFAULT_TIMEOUT_S] * 3
+    assert asked == [20.0 - ANSWER_MARGIN_S] * 2 + [None] * 3  # None: the client's default
+
+
+async def test_the_gateways_default_deadline_serves_callers_that_state_none() -> None:
+    backend = FailingBackend(MarketBusyError("smollm2", "busy", 1.0))
+    async with _client(backend, default_timeout_s=42.0) as client:
+        await client.post(CHAT, json=BODY)
+        await client.post(CHAT, json=BODY, headers={"x-stainless-timeout": "10"})
+    assert [call["timeout_s"] for call in backend.calls] == [42.0, 10 - ANSWER_MARGIN_S]
 
 
 @pytest.mark.parametrize(
