@@ -8,8 +8,12 @@ provider job machine turns those into a ``Bid`` or a ``Decline``.
 
 The default :class:`CostPlusPolicy` prices from the operator's real cost::
 
-    cost per token   = electricity price [units/kWh] × power draw [kW] / 3600 / throughput [tok/s]
+    cost per token   = electricity price [units/kWh] × power draw [kW] / 3600
+                       / (per-job throughput [tok/s] × batch the new job joins)
     price_per_1k     = max(floor, ceil(1000 × cost per token × (1 + margin)))
+
+Throughput and time to first token are the node's measurements (its serving meter),
+not constants; a job joining a batch shares the box's power with the others.
 
 A throttled node runs slower (``throttle_factor`` × throughput), so the same
 formula raises its price; a draining or off node declines (``power_shed``), as
@@ -124,8 +128,14 @@ class CostPlusPolicy:
         return status.tokens_per_s
 
     def price_per_1k(self, status: ProviderStatus) -> int:
-        """The cost-plus price per 1,000 tokens for this node right now."""
-        tps = self.throughput(status)
+        """The cost-plus price per 1,000 tokens for this node right now.
+
+        The box draws ``power_draw_w`` for the whole batch, so a token's share of it is
+        the power over what every job of the batch makes: the per-job rate (measured at
+        the batch a new job would join) times that batch.
+        """
+        batch = max(1, min(status.capacity, status.active_jobs + 1))
+        tps = self.throughput(status) * batch
         per_token = self.electricity_per_kwh * (self.power_draw_w / 1000.0) / 3600.0 / tps
         cost_plus = 1000.0 * per_token * (1.0 + self.margin) * status.price_multiplier
         return max(self.floor_per_1k, math.ceil(cost_plus))

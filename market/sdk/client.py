@@ -22,8 +22,7 @@ import dataclasses
 import logging
 import math
 import os
-import statistics
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -41,65 +40,37 @@ from market.protocol import (
     RemoteProtocolError,
     ReplayGuard,
     Rfq,
-    Voucher,
 )
-from market.protocol.actions import (
-    Action,
-    AwaitCapacity,
-    DeliverTokens,
-    Publish,
-    ScorePeer,
-    Send,
-    SendAward,
-    SendVoucher,
-)
-from market.protocol.buyer import BuyerConfig, BuyerJob, BuyerState
-from market.protocol.driver import PROVIDER_STREAM, RFQ_ANSWERS, buyer_event, dispatch_buyer
+from market.protocol.buyer import BuyerConfig, BuyerJob
+from market.protocol.driver import RFQ_ANSWERS, buyer_event
 from market.protocol.events import (
-    BidReceived,
-    CancelRequested,
-    CapacityFreed,
-    CollateralShort,
-    DeadlinePassed,
     Event,
-    JobSubmitted,
-    PeerDisconnected,
-    QueueFull,
-    RfqDelivered,
 )
-from market.protocol.outcomes import BuyerFailure, BuyerOutcome
 from market.protocol.payments import BuyerWallet
 from market.protocol.signing import SigningKey
+from market.sdk.admission import AdmissionQueue
 from market.sdk.catalog import Catalog
 from market.sdk.collateral import Collateral
+from market.sdk.jobrun import JobRun, result_of
 from market.sdk.reputation import Reputation
 from market.sdk.stake import StakeCheck
 from market.sdk.types import (
-    BadRequestError,
     Chunk,
     GenerationParams,
     HearthError,
-    InsufficientFundsError,
     JobFailedError,
-    MarketBusyError,
     NoBidsError,
-    ProviderShare,
     Result,
 )
 from market.streams import (
     BID_PROTOCOL,
-    JOB_PROTOCOL,
     OFFER_PROTOCOL,
-    RFQ_PROTOCOL,
     open_sealed,
     receive_message,
-    sealed,
-    send_message,
 )
-from market.vouchers import record
 from p2pnode.net import NetError, NodeNet
 from p2pnode.net.framing import FramedStream
-from p2pnode.net.pubsub import GossipMessage, offers_topic, rfq_topic
+from p2pnode.net.pubsub import GossipMessage, offers_topic
 
 __all__ = ["Client", "ClientConfig", "JobHandle", "open_client"]
 
@@ -192,11 +163,9 @@ class Client:
         self.catalog = Catalog()
         self.reputation = Reputation()
         self._nursery = nursery
-        self._jobs: dict[bytes, _JobRun] = {}
-        # The admission queue: per model, jobs waiting for a provider with a free slot,
-        # in arrival order (one that tried its turn and found none goes back in front).
-        self._queues: dict[str, deque[_JobRun]] = {}
-        self._recent_s: deque[float] = deque(maxlen=64)  # how long recent jobs took
+        self._jobs: dict[bytes, JobRun] = {}
+        # Jobs that found every provider busy wait here, first come first served.
+        self.admission = AdmissionQueue(max_queued=config.max_queued, retry_s=config.queue_retry_s)
         self._guard = ReplayGuard()
         self._offers_seen = trio.Event()
 
@@ -311,68 +280,22 @@ class Client:
             reputation=self.reputation,
             config=machine,
         )
-        run = _JobRun(self, job, out)
+        run = JobRun(self, job, out)
         self._jobs[job_id] = run
         try:
-            outcome = await run.drive(handle._cancel, queue_first=self._waiting(model_id) > 0)
+            queue_first = self.admission.waiting(model_id) > 0  # no jumping the queue
+            outcome = await run.drive(handle._cancel, queue_first=queue_first)
         finally:
             del self._jobs[job_id]
-            self._wake(model_id)  # our slot (if we had one) is free: the next in line tries
-        if outcome.completed:
-            self._recent_s.append(outcome.finished_at - run.started_at - outcome.queued_s)
-        return _result(outcome, model_id, prompt_tokens, run, self.retry_after_s(model_id))
+        ran = outcome.finished_at - run.started_at - outcome.queued_s
+        # our slot (if we had one) is free: the next in line tries
+        self.admission.finished(model_id, ran if outcome.completed else None)
+        retry_after = self.admission.retry_after_s(model_id)
+        return result_of(outcome, model_id, prompt_tokens, run, retry_after)
 
-    # ----------------------------------------------------------------- admission queue
-    def _waiting(self, model_id: str) -> int:
-        """Jobs of ``model_id`` waiting in the queue right now."""
-        q = self._queues.get(model_id)
-        return 0 if q is None else sum(1 for r in q if r.job.state is BuyerState.QUEUED)
-
-    def _enqueue(self, run: _JobRun) -> None:
-        """``run`` found every provider busy: it waits its turn (the machine's deadline
-        still runs), or fails at once when the queue is full."""
-        model_id = run.job.rfq.model_id
-        q = self._queues.setdefault(model_id, deque())
-        waiting = self._waiting(model_id)
-        if waiting >= self.config.max_queued:
-            run.events_in.send_nowait(
-                QueueFull(detail=f"{waiting} jobs already wait for this model (max_queued)")
-            )
-            return
-        if run.queued_before:
-            q.appendleft(run)  # tried its turn and found no slot: still first in line
-        else:
-            q.append(run)
-        run.queued_before = True
-
-    def _wake(self, model_id: str) -> None:
-        """Let the first job still waiting for ``model_id`` run a fresh auction."""
-        q = self._queues.get(model_id)
-        while q:
-            run = q.popleft()
-            if run.job.state is BuyerState.QUEUED and run.outcome is None:
-                run.woken = True
-                run.events_in.send_nowait(CapacityFreed())
-                return
-        self._queues.pop(model_id, None)
-
-    async def _retry_queues(self) -> None:
-        """Every ``queue_retry_s``, the head of each queue tries again, unless a job let
-        out before it is still looking (capacity our own jobs free wakes it at once)."""
-        while True:
-            await trio.sleep(self.config.queue_retry_s)
-            for model_id in list(self._queues):
-                looking = any(
-                    r.woken and r.job.rfq.model_id == model_id for r in self._jobs.values()
-                )
-                if not looking:
-                    self._wake(model_id)
-
-    def retry_after_s(self, model_id: str) -> float:
-        """A fair guess of when capacity frees: how long recent jobs took, for each
-        batch of waiters ahead (used for ``Retry-After``)."""
-        typical = statistics.median(self._recent_s) if self._recent_s else 5.0
-        return float(min(60, max(1, math.ceil(typical * (1 + self._waiting(model_id) // 8)))))
+    def _looking(self, model_id: str) -> bool:
+        """A job of ``model_id`` let out of the queue is still running its auction."""
+        return any(r.woken and r.job.rfq.model_id == model_id for r in self._jobs.values())
 
     # ----------------------------------------------------------------- network input
     async def _bid_event(self, peer: str, message: Message | None) -> Event | None:
@@ -416,8 +339,8 @@ class Client:
         self._offers_seen.set()
         if offer.free_slots > 0 and offer.power_state in ("normal", "throttled"):
             for m in offer.models:  # a provider says it has room: the next in line tries
-                if m.model_id in self._queues:
-                    self._wake(m.model_id)
+                if self.admission.has(m.model_id):
+                    self.admission.wake(m.model_id)
         if self.stake_check is not None:  # read the registry now, not mid-auction
             self._nursery.start_soon(self.stake_check.warm, offer.provider, offer.provider_address)
 
@@ -453,302 +376,6 @@ class Client:
             not_providers[peer] = trio.current_time() + 60.0
 
 
-class _JobRun:
-    """The I/O side of one BuyerJob: its event inbox and its streams to providers.
-
-    It is the job's :class:`~market.protocol.driver.BuyerDriver`: each action the
-    machine returns reaches one of its handler coroutines (``publish``,
-    ``send_award``…) through :func:`~market.protocol.driver.dispatch_buyer`.
-    """
-
-    def __init__(self, client: Client, job: BuyerJob, out: trio.MemorySendChannel[Any]) -> None:
-        self.client = client
-        self.job = job
-        self.out = out
-        self.events_in, self.events = trio.open_memory_channel[Event](math.inf)
-        self.streams: dict[str, FramedStream] = {}
-        # Messages for a provider whose job stream is still opening (award, prompt…).
-        self.pending: dict[str, list[Any]] = {}
-        # Direct RFQ streams of bidders, kept open so the winner's carries its award.
-        self.held: dict[str, tuple[FramedStream, trio.Event]] = {}
-        self.outcome: BuyerOutcome | None = None
-        self.started_at = trio.current_time()
-        self.first_token_at: float | None = None
-        self.texts: list[str] = []
-        self.queued_before = False  # has waited in the admission queue
-        self.woken = False  # let out of the queue and not placed yet
-
-    async def drive(self, cancel: trio.Event, *, queue_first: bool = False) -> BuyerOutcome:
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            self.cancel = cancel
-            nursery.start_soon(self._cancel_on, cancel)
-            submitted = JobSubmitted(queue_first=queue_first)
-            await self._apply(self.job.handle(submitted, trio.current_time()))
-            while self.outcome is None:
-                deadline = self.job.next_deadline()
-                event: Event = DeadlinePassed()
-                with trio.move_on_at(deadline if deadline is not None else math.inf):
-                    event = await self.events.receive()
-                await self._apply(self.job.handle(event, trio.current_time()))
-            self._release(except_peer=None)
-            nursery.cancel_scope.cancel()
-        return self.outcome
-
-    def _release(self, except_peer: str | None) -> None:
-        """End the held direct RFQ streams (all but ``except_peer``'s)."""
-        for peer, (_, released) in list(self.held.items()):
-            if peer != except_peer:
-                released.set()
-
-    async def _cancel_on(self, cancel: trio.Event) -> None:
-        await cancel.wait()
-        self.events_in.send_nowait(CancelRequested(reason="buyer cancelled"))
-
-    async def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            await dispatch_buyer(self, action)
-
-    # ------------------------------------------------ the machine's actions (BuyerDriver)
-
-    async def await_capacity(self, action: AwaitCapacity) -> None:
-        """Every provider that heard us is busy: wait in the client's admission queue."""
-        self.woken = False
-        self.client._enqueue(self)
-
-    async def send_award(self, action: SendAward) -> None:
-        """Start the winner's session; the award (then the prompt) waits for its stream."""
-        self.pending[action.to] = [action.message]
-        self._release(except_peer=action.to)
-        self.nursery.start_soon(self._provider_session, action)
-        if self.woken:  # placed after waiting: the next in line may find room too
-            self.woken = False
-            self.client._wake(self.job.rfq.model_id)
-
-    async def deliver_tokens(self, action: DeliverTokens) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = trio.current_time()
-        self.texts.append(action.text)
-        chunk = Chunk(
-            text=action.text,
-            token_ids=action.token_ids,
-            logprobs=action.logprobs,
-            provider=action.provider,
-        )
-        try:
-            await self.out.send(chunk)
-        except trio.BrokenResourceError:  # the consumer went away: this job ends
-            self.cancel.set()  # (the provider stops; it is paid what it delivered)
-
-    async def score_peer(self, action: ScorePeer) -> None:
-        self.client.reputation.adjust(action.peer, action.delta)
-
-    async def report_outcome(self, outcome: BuyerOutcome) -> None:
-        self.outcome = outcome
-        for fs in list(self.streams.values()):  # sessions end meanwhile
-            with trio.move_on_after(1):
-                with suppress(NetError):
-                    await fs.send_end()
-
-    async def publish(self, action: Publish) -> None:
-        """Put the RFQ out: straight to the best known providers first, else on gossip.
-
-        The first round asks up to ``direct_rfq`` providers whose live offers name the
-        model and to whom we are connected, on ``/hearth/rfq/1`` (no gossip hop, no
-        stream back); later rounds, and markets we know nothing of yet, use the
-        model's gossip topic so every provider hears it.
-        """
-        rfq = action.rfq
-        client = self.client
-        data = sealed(rfq, client.key)
-        peers, everyone = (
-            self._direct_candidates(rfq.model_id) if self.job.round == 1 else ([], False)
-        )
-        if peers:
-            client.rfq_rounds["direct"] += 1
-            for peer in peers:
-                self.nursery.start_soon(self._ask, peer, data)
-            self.events_in.send_nowait(RfqDelivered(asked=len(peers), everyone=everyone))
-            return
-        client.rfq_rounds["gossip"] += 1
-        net = client.net
-        topic = rfq_topic(rfq.model_id)
-        if net.topic_peers(topic) == 0:
-            with trio.move_on_after(3):
-                await net.connect_providers(rfq.model_id)
-        # On failure the machine's bid window runs out and it retries or reports no bids.
-        with suppress(NetError):
-            await net.publish(topic, data)
-
-    def _direct_candidates(self, model_id: str) -> tuple[list[str], bool]:
-        """Up to ``direct_rfq`` connected providers of the model, and whether they are
-        every provider of it we know of."""
-        client = self.client
-        connected = set(client.net.connected_peers())
-        offers = client.catalog.candidates(model_id, trio.current_time())
-        out = [o.provider for o in offers if o.provider in connected]
-        limit = client.config.direct_rfq
-        return out[:limit], len(offers) <= limit and len(out) == len(offers)
-
-    async def _ask(self, peer: str, data: bytes) -> None:
-        """One direct RFQ: send it, turn the answer into an event, hold a bidder's stream."""
-        client = self.client
-        window = max(1.0, self.job.rfq.bid_window_ms / 1000.0)
-        try:
-            async with client.net.open_stream(peer, RFQ_PROTOCOL, timeout=window) as fs:
-                await fs.send(data)
-                message = await receive_message(fs, client._guard, timeout=window)
-                event = await client._bid_event(peer, message)
-                if event is not None:
-                    await self.route_answer(peer, fs, event)
-        except (NetError, RemoteProtocolError) as exc:
-            client.reputation.note_failure(peer, str(exc))
-
-    async def route_answer(self, peer: str, fs: FramedStream, event: Event) -> None:
-        """Hand a bid or decline to the job; hold a bidder's stream until we award.
-
-        The award goes on the winner's held stream; ending the others' tells those
-        providers "not awarded", and they free the slots their bids hold at once.
-        """
-        if not isinstance(event, BidReceived) or self.outcome is not None:
-            self.events_in.send_nowait(event)
-            return
-        released = trio.Event()
-        self.held[peer] = (fs, released)
-        try:
-            self.events_in.send_nowait(event)
-            await released.wait()
-        finally:
-            if self.held.get(peer, (None,))[0] is fs:
-                del self.held[peer]
-
-    async def send_voucher(self, action: SendVoucher) -> None:
-        ledger = self.client.ledger
-        if ledger is not None:
-            # Written before it leaves: a restarted buyer resumes its channels from here.
-            voucher = action.message
-            assert isinstance(voucher, Voucher)
-            await trio.to_thread.run_sync(
-                record, ledger, voucher, limiter=self.client._ledger_limiter
-            )
-        await self.send(action)
-
-    async def send(self, action: Send) -> None:
-        """Send ``action.message`` on its provider's job stream (queued while it opens)."""
-        queued = self.pending.get(action.to)
-        if queued is not None:
-            queued.append(action.message)  # the stream is still opening: it sends these first
-            return
-        fs = self.streams.get(action.to)
-        if fs is None:
-            return  # the session is already gone; its PeerDisconnected is on the way
-        try:
-            await send_message(fs, action.message, self.client.key)
-        except NetError:
-            self.events_in.send_nowait(PeerDisconnected(peer=action.to))
-
-    async def _provider_session(self, award: SendAward) -> None:
-        """Carry the award to its provider and turn what comes back into events.
-
-        The award travels on the winner's held direct RFQ stream when there is one,
-        else on a new job stream.
-        """
-        peer = award.to
-        net = self.client.net
-        held = self.held.get(peer)
-        try:
-            if not await self._cover(award):
-                return
-            net.protect(peer)
-            if held is not None:
-                fs, released = held
-                try:
-                    await self._converse(peer, fs)
-                finally:
-                    released.set()
-            else:
-                async with net.open_stream(peer, JOB_PROTOCOL, timeout=5) as fs:
-                    await self._converse(peer, fs)
-        except (NetError, RemoteProtocolError) as exc:
-            self.client.reputation.note_failure(peer, str(exc))
-        finally:
-            self.pending.pop(peer, None)
-            self.streams.pop(peer, None)
-            net.unprotect(peer)
-        if self.outcome is None:
-            self.events_in.send_nowait(PeerDisconnected(peer=peer))
-
-    async def _cover(self, award: SendAward) -> bool:
-        """Lock what the award may cost for its provider first; ``False``: we cannot."""
-        collateral = self.client.collateral
-        if collateral is None:
-            return True
-        try:
-            await collateral.ensure(award.provider_address, award.cover)
-        except Exception as exc:  # short of money, or the chain refused: our side, not theirs
-            self.events_in.send_nowait(CollateralShort(peer=award.to, detail=str(exc)))
-            return False
-        return True
-
-    async def _converse(self, peer: str, fs: FramedStream) -> None:
-        queued = self.pending.pop(peer, [])
-        self.streams[peer] = fs
-        for message in queued:
-            await send_message(fs, message, self.client.key)
-        while True:
-            message = await receive_message(fs, self.client._guard)
-            if message is None:
-                return
-            self.events_in.send_nowait(buyer_event(peer, message, only=PROVIDER_STREAM))
-
-
-def _result(
-    outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: _JobRun, retry_after_s: float
-) -> Result:
-    text = "".join(run.texts)
-    shares = tuple(
-        ProviderShare(
-            peer_id=s.provider,
-            address="0x" + s.provider_address.hex(),
-            tokens=s.tokens,
-            amount=s.paid,
-            price_per_1k=s.price_per_1k,
-            result_commitment=s.commitment.hex() if s.commitment else "",
-        )
-        for s in outcome.segments
-    )
-    result = Result(
-        job_id=outcome.job_id.hex(),
-        model_id=model_id,
-        text=text,
-        token_ids=outcome.token_ids,
-        finish_reason=outcome.finish_reason or outcome.reason,
-        prompt_tokens=outcome.prompt_tokens or prompt_tokens,
-        completion_tokens=len(outcome.token_ids),
-        cost=outcome.paid,
-        shares=shares,
-        failovers=outcome.failovers,
-        award_ms=1000 * outcome.award_s if outcome.award_s is not None else 0.0,
-        ttft_ms=1000 * (run.first_token_at - run.started_at) if run.first_token_at else 0.0,
-        queued_ms=1000 * outcome.queued_s,
-    )
-    if outcome.completed:
-        return result
-    if outcome.reason == BuyerFailure.NO_BIDS:
-        raise NoBidsError(
-            model_id, {d.provider: f"{d.reason.value} {d.detail}".strip() for d in outcome.declines}
-        )
-    if outcome.reason == BuyerFailure.INSUFFICIENT_DEPOSIT:
-        raise InsufficientFundsError(outcome.detail)
-    if outcome.reason == BuyerFailure.BAD_REQUEST:
-        raise BadRequestError(outcome.detail)
-    if outcome.reason == BuyerFailure.SATURATED:
-        raise MarketBusyError(model_id, outcome.detail, retry_after_s)
-    if outcome.reason == BuyerFailure.CANCELLED:
-        return result
-    raise JobFailedError(outcome.why(), partial=result)
-
-
 @asynccontextmanager
 async def open_client(
     *,
@@ -776,7 +403,7 @@ async def open_client(
         offers = await net.subscribe(offers_topic(), check=_offer_check)
         nursery.start_soon(client._watch_offers, offers)
         nursery.start_soon(client._pull_offers)
-        nursery.start_soon(client._retry_queues)
+        nursery.start_soon(client.admission.run, client._looking)
         try:
             yield client
         finally:

@@ -158,6 +158,7 @@ class ProviderService:
             max_queue=base.max_queue,
             tokens_per_s=base.tokens_per_s,
             price_multiplier=base.price_multiplier,
+            ttft_ms=base.ttft_ms,
         )
 
     async def in_ledger(self, write: Callable[[Ledger], object]) -> None:

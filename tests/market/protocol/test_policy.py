@@ -42,6 +42,17 @@ def test_price_is_electricity_cost_plus_margin() -> None:
     assert isinstance(q, Quote) and q.price_per_1k == want == 375
 
 
+def test_a_job_joining_a_batch_shares_the_power_draw_with_it() -> None:
+    """The box draws the same power for a batch: a token's cost is that power over what
+    the whole batch makes (per-job rate, as measured at that batch, × the batch)."""
+    roomy = dataclasses.replace(STATUS, capacity=8, active_jobs=3, tokens_per_s=30.0)
+    per_token = 150_000 * 0.3 / 3600 / (30 * 4)
+    assert POLICY.price_per_1k(roomy) == math.ceil(1000 * per_token * 1.2) == 125
+    # the batch never counts past the slots the node has
+    full = dataclasses.replace(roomy, active_jobs=20)
+    assert POLICY.price_per_1k(full) == math.ceil(1000 * 150_000 * 0.3 / 3600 / 240 * 1.2)
+
+
 def test_throttled_node_is_slower_and_dearer() -> None:
     q = POLICY.quote(RFQ, dataclasses.replace(STATUS, power_state="throttled"))
     assert isinstance(q, Quote) and q.price_per_1k == 750 and q.est_tokens_per_s == 20.0

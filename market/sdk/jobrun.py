@@ -1,0 +1,409 @@
+"""The I/O side of one buyer job: its event inbox, its streams to providers.
+
+:class:`JobRun` drives one :class:`~market.protocol.buyer.BuyerJob` for the
+:class:`~market.sdk.client.Client`: it feeds the machine what arrives from providers
+and the passing of its deadlines, and carries out the actions the machine returns
+(publish the RFQ, hold bidders' streams, open the winner's session, lock cover, send
+the prompt and vouchers, hand tokens to the caller, wait in the admission queue).
+:func:`result_of` turns the machine's outcome into the caller's
+:class:`~market.sdk.types.Result` or typed error.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from market.protocol import (
+    Bid,
+    RemoteProtocolError,
+    Voucher,
+)
+from market.protocol.actions import (
+    Action,
+    AwaitCapacity,
+    DeliverTokens,
+    Publish,
+    ScorePeer,
+    Send,
+    SendAward,
+    SendVoucher,
+)
+from market.protocol.buyer import BuyerJob
+from market.protocol.driver import PROVIDER_STREAM, buyer_event, dispatch_buyer
+from market.protocol.events import (
+    BidReceived,
+    CancelRequested,
+    CollateralShort,
+    DeadlinePassed,
+    Event,
+    JobSubmitted,
+    PeerDisconnected,
+    RfqDelivered,
+)
+from market.protocol.outcomes import BuyerFailure, BuyerOutcome
+from market.sdk.types import (
+    BadRequestError,
+    Chunk,
+    InsufficientFundsError,
+    JobFailedError,
+    MarketBusyError,
+    NoBidsError,
+    ProviderShare,
+    Result,
+)
+from market.streams import (
+    JOB_PROTOCOL,
+    RFQ_PROTOCOL,
+    receive_message,
+    sealed,
+    send_message,
+)
+from market.vouchers import record
+from p2pnode.net import NetError
+from p2pnode.net.framing import FramedStream
+from p2pnode.net.pubsub import rfq_topic
+
+if TYPE_CHECKING:
+    from market.sdk.client import Client
+
+__all__ = ["JobRun", "result_of"]
+
+
+class JobRun:
+    """The I/O side of one BuyerJob: its event inbox and its streams to providers.
+
+    It is the job's :class:`~market.protocol.driver.BuyerDriver`: each action the
+    machine returns reaches one of its handler coroutines (``publish``,
+    ``send_award``…) through :func:`~market.protocol.driver.dispatch_buyer`.
+    """
+
+    def __init__(self, client: Client, job: BuyerJob, out: trio.MemorySendChannel[Any]) -> None:
+        self.client = client
+        self.job = job
+        self.out = out
+        self.events_in, self.events = trio.open_memory_channel[Event](math.inf)
+        self.streams: dict[str, FramedStream] = {}
+        # Messages for a provider whose job stream is still opening (award, prompt…).
+        self.pending: dict[str, list[Any]] = {}
+        # Direct RFQ streams of bidders, kept open so the winner's carries its award.
+        self.held: dict[str, tuple[FramedStream, trio.Event]] = {}
+        self.outcome: BuyerOutcome | None = None
+        self.started_at = trio.current_time()
+        self.first_token_at: float | None = None
+        self.texts: list[str] = []
+        # What each provider of this job did, for the client's per-provider statistics:
+        # its bid, when we awarded it, its first chunk (time, tokens) and its last one.
+        self.bids: dict[str, Bid] = {}
+        self.awarded: dict[str, float] = {}
+        self.first_chunk: dict[str, tuple[float, int]] = {}
+        self.last_chunk: dict[str, float] = {}
+        self.queued_before = False  # has waited in the admission queue
+        self.woken = False  # let out of the queue and not placed yet
+
+    async def drive(self, cancel: trio.Event, *, queue_first: bool = False) -> BuyerOutcome:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            self.cancel = cancel
+            nursery.start_soon(self._cancel_on, cancel)
+            submitted = JobSubmitted(queue_first=queue_first)
+            await self._apply(self.job.handle(submitted, trio.current_time()))
+            while self.outcome is None:
+                deadline = self.job.next_deadline()
+                event: Event = DeadlinePassed()
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    event = await self.events.receive()
+                await self._apply(self.job.handle(event, trio.current_time()))
+            self._release(except_peer=None)
+            nursery.cancel_scope.cancel()
+        return self.outcome
+
+    def _release(self, except_peer: str | None) -> None:
+        """End the held direct RFQ streams (all but ``except_peer``'s)."""
+        for peer, (_, released) in list(self.held.items()):
+            if peer != except_peer:
+                released.set()
+
+    async def _cancel_on(self, cancel: trio.Event) -> None:
+        await cancel.wait()
+        self.events_in.send_nowait(CancelRequested(reason="buyer cancelled"))
+
+    async def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            await dispatch_buyer(self, action)
+
+    # ------------------------------------------------ the machine's actions (BuyerDriver)
+
+    async def await_capacity(self, action: AwaitCapacity) -> None:
+        """Every provider that heard us is busy: wait in the client's admission queue."""
+        self.client.admission.put(self)
+
+    async def send_award(self, action: SendAward) -> None:
+        """Start the winner's session; the award (then the prompt) waits for its stream."""
+        self.pending[action.to] = [action.message]
+        self.awarded[action.to] = trio.current_time()
+        self._release(except_peer=action.to)
+        self.nursery.start_soon(self._provider_session, action)
+        self.client.admission.placed(self)
+
+    async def deliver_tokens(self, action: DeliverTokens) -> None:
+        now = trio.current_time()
+        if self.first_token_at is None:
+            self.first_token_at = now
+        self.first_chunk.setdefault(action.provider, (now, len(action.token_ids)))
+        self.last_chunk[action.provider] = now
+        self.texts.append(action.text)
+        chunk = Chunk(
+            text=action.text,
+            token_ids=action.token_ids,
+            logprobs=action.logprobs,
+            provider=action.provider,
+        )
+        try:
+            await self.out.send(chunk)
+        except trio.BrokenResourceError:  # the consumer went away: this job ends
+            self.cancel.set()  # (the provider stops; it is paid what it delivered)
+
+    async def score_peer(self, action: ScorePeer) -> None:
+        self.client.reputation.adjust(action.peer, action.delta)
+
+    async def report_outcome(self, outcome: BuyerOutcome) -> None:
+        self.outcome = outcome
+        self._observe(outcome)
+        for fs in list(self.streams.values()):  # sessions end meanwhile
+            with trio.move_on_after(1):
+                with suppress(NetError):
+                    await fs.send_end()
+
+    def _observe(self, outcome: BuyerOutcome) -> None:
+        """Tell the client's statistics what each provider of this job did.
+
+        A provider is judged only on its own part: it finished (its end of stream
+        came), or it failed; a segment we ended ourselves (our caller cancelled, our
+        own money ran short) counts for its speed alone.
+        """
+        ours = outcome.reason in (BuyerFailure.CANCELLED, BuyerFailure.INSUFFICIENT_DEPOSIT)
+        now = trio.current_time()
+        last = len(outcome.segments) - 1
+        for i, seg in enumerate(outcome.segments):
+            t0 = self.awarded.get(seg.provider)
+            if t0 is None:
+                continue
+            first = self.first_chunk.get(seg.provider)
+            ok: bool | None = True  # its end of stream came
+            if seg.commitment is None:
+                ok = None if ours and i == last else False
+            self.client.reputation.observe(
+                seg.provider,
+                ok=ok,
+                tokens=seg.tokens,
+                seconds=max(0.0, self.last_chunk.get(seg.provider, now) - t0),
+                ttft_s=None if first is None else first[0] - t0,
+                first_tokens=max(1, first[1]) if first is not None else 1,
+                bid=self.bids.get(seg.provider),
+            )
+
+    async def publish(self, action: Publish) -> None:
+        """Put the RFQ out: straight to the best known providers first, else on gossip.
+
+        The first round asks up to ``direct_rfq`` providers whose live offers name the
+        model and to whom we are connected, on ``/hearth/rfq/1`` (no gossip hop, no
+        stream back); later rounds, and markets we know nothing of yet, use the
+        model's gossip topic so every provider hears it.
+        """
+        rfq = action.rfq
+        client = self.client
+        data = sealed(rfq, client.key)
+        peers, everyone = (
+            self._direct_candidates(rfq.model_id) if self.job.round == 1 else ([], False)
+        )
+        if peers:
+            client.rfq_rounds["direct"] += 1
+            for peer in peers:
+                self.nursery.start_soon(self._ask, peer, data)
+            self.events_in.send_nowait(RfqDelivered(asked=len(peers), everyone=everyone))
+            return
+        client.rfq_rounds["gossip"] += 1
+        net = client.net
+        topic = rfq_topic(rfq.model_id)
+        if net.topic_peers(topic) == 0:
+            with trio.move_on_after(3):
+                await net.connect_providers(rfq.model_id)
+        # On failure the machine's bid window runs out and it retries or reports no bids.
+        with suppress(NetError):
+            await net.publish(topic, data)
+
+    def _direct_candidates(self, model_id: str) -> tuple[list[str], bool]:
+        """Up to ``direct_rfq`` connected providers of the model, and whether they are
+        every provider of it we know of."""
+        client = self.client
+        connected = set(client.net.connected_peers())
+        now = trio.current_time()
+        offers = client.catalog.candidates(model_id, now, salt=self.job.job_id)
+        out = [o.provider for o in offers if o.provider in connected]
+        limit = client.config.direct_rfq
+        return out[:limit], len(offers) <= limit and len(out) == len(offers)
+
+    async def _ask(self, peer: str, data: bytes) -> None:
+        """One direct RFQ: send it, turn the answer into an event, hold a bidder's stream."""
+        client = self.client
+        window = max(1.0, self.job.rfq.bid_window_ms / 1000.0)
+        try:
+            async with client.net.open_stream(peer, RFQ_PROTOCOL, timeout=window) as fs:
+                t0 = trio.current_time()
+                await fs.send(data)
+                message = await receive_message(fs, client._guard, timeout=window)
+                client.reputation.observe_rtt(peer, trio.current_time() - t0)
+                event = await client._bid_event(peer, message)
+                if event is not None:
+                    await self.route_answer(peer, fs, event)
+        except (NetError, RemoteProtocolError) as exc:
+            client.reputation.note_failure(peer, str(exc))
+
+    async def route_answer(self, peer: str, fs: FramedStream, event: Event) -> None:
+        """Hand a bid or decline to the job; hold a bidder's stream until we award.
+
+        The award goes on the winner's held stream; ending the others' tells those
+        providers "not awarded", and they free the slots their bids hold at once.
+        """
+        if not isinstance(event, BidReceived) or self.outcome is not None:
+            self.events_in.send_nowait(event)
+            return
+        self.bids[peer] = event.bid
+        released = trio.Event()
+        self.held[peer] = (fs, released)
+        try:
+            self.events_in.send_nowait(event)
+            await released.wait()
+        finally:
+            if self.held.get(peer, (None,))[0] is fs:
+                del self.held[peer]
+
+    async def send_voucher(self, action: SendVoucher) -> None:
+        ledger = self.client.ledger
+        if ledger is not None:
+            # Written before it leaves: a restarted buyer resumes its channels from here.
+            voucher = action.message
+            assert isinstance(voucher, Voucher)
+            await trio.to_thread.run_sync(
+                record, ledger, voucher, limiter=self.client._ledger_limiter
+            )
+        await self.send(action)
+
+    async def send(self, action: Send) -> None:
+        """Send ``action.message`` on its provider's job stream (queued while it opens)."""
+        queued = self.pending.get(action.to)
+        if queued is not None:
+            queued.append(action.message)  # the stream is still opening: it sends these first
+            return
+        fs = self.streams.get(action.to)
+        if fs is None:
+            return  # the session is already gone; its PeerDisconnected is on the way
+        try:
+            await send_message(fs, action.message, self.client.key)
+        except NetError:
+            self.events_in.send_nowait(PeerDisconnected(peer=action.to))
+
+    async def _provider_session(self, award: SendAward) -> None:
+        """Carry the award to its provider and turn what comes back into events.
+
+        The award travels on the winner's held direct RFQ stream when there is one,
+        else on a new job stream.
+        """
+        peer = award.to
+        net = self.client.net
+        held = self.held.get(peer)
+        try:
+            if not await self._cover(award):
+                return
+            net.protect(peer)
+            if held is not None:
+                fs, released = held
+                try:
+                    await self._converse(peer, fs)
+                finally:
+                    released.set()
+            else:
+                async with net.open_stream(peer, JOB_PROTOCOL, timeout=5) as fs:
+                    await self._converse(peer, fs)
+        except (NetError, RemoteProtocolError) as exc:
+            self.client.reputation.note_failure(peer, str(exc))
+        finally:
+            self.pending.pop(peer, None)
+            self.streams.pop(peer, None)
+            net.unprotect(peer)
+        if self.outcome is None:
+            self.events_in.send_nowait(PeerDisconnected(peer=peer))
+
+    async def _cover(self, award: SendAward) -> bool:
+        """Lock what the award may cost for its provider first; ``False``: we cannot."""
+        collateral = self.client.collateral
+        if collateral is None:
+            return True
+        try:
+            await collateral.ensure(award.provider_address, award.cover)
+        except Exception as exc:  # short of money, or the chain refused: our side, not theirs
+            self.events_in.send_nowait(CollateralShort(peer=award.to, detail=str(exc)))
+            return False
+        return True
+
+    async def _converse(self, peer: str, fs: FramedStream) -> None:
+        queued = self.pending.pop(peer, [])
+        self.streams[peer] = fs
+        for message in queued:
+            await send_message(fs, message, self.client.key)
+        while True:
+            message = await receive_message(fs, self.client._guard)
+            if message is None:
+                return
+            self.events_in.send_nowait(buyer_event(peer, message, only=PROVIDER_STREAM))
+
+
+def result_of(
+    outcome: BuyerOutcome, model_id: str, prompt_tokens: int, run: JobRun, retry_after_s: float
+) -> Result:
+    text = "".join(run.texts)
+    shares = tuple(
+        ProviderShare(
+            peer_id=s.provider,
+            address="0x" + s.provider_address.hex(),
+            tokens=s.tokens,
+            amount=s.paid,
+            price_per_1k=s.price_per_1k,
+            result_commitment=s.commitment.hex() if s.commitment else "",
+        )
+        for s in outcome.segments
+    )
+    result = Result(
+        job_id=outcome.job_id.hex(),
+        model_id=model_id,
+        text=text,
+        token_ids=outcome.token_ids,
+        finish_reason=outcome.finish_reason or outcome.reason,
+        prompt_tokens=outcome.prompt_tokens or prompt_tokens,
+        completion_tokens=len(outcome.token_ids),
+        cost=outcome.paid,
+        shares=shares,
+        failovers=outcome.failovers,
+        award_ms=1000 * outcome.award_s if outcome.award_s is not None else 0.0,
+        ttft_ms=1000 * (run.first_token_at - run.started_at) if run.first_token_at else 0.0,
+        queued_ms=1000 * outcome.queued_s,
+    )
+    if outcome.completed:
+        return result
+    if outcome.reason == BuyerFailure.NO_BIDS:
+        raise NoBidsError(
+            model_id, {d.provider: f"{d.reason.value} {d.detail}".strip() for d in outcome.declines}
+        )
+    if outcome.reason == BuyerFailure.INSUFFICIENT_DEPOSIT:
+        raise InsufficientFundsError(outcome.detail)
+    if outcome.reason == BuyerFailure.BAD_REQUEST:
+        raise BadRequestError(outcome.detail)
+    if outcome.reason == BuyerFailure.SATURATED:
+        raise MarketBusyError(model_id, outcome.detail, retry_after_s)
+    if outcome.reason == BuyerFailure.CANCELLED:
+        return result
+    raise JobFailedError(outcome.why(), partial=result)
