@@ -9,11 +9,12 @@ provider job machine turns those into a ``Bid`` or a ``Decline``.
 The default :class:`CostPlusPolicy` prices from the operator's real cost::
 
     cost per token   = electricity price [units/kWh] × power draw [kW] / 3600
-                       / (per-job throughput [tok/s] × batch the new job joins)
+                       / rated throughput [tok/s, a full batch, measured at warm-up]
     price_per_1k     = max(floor, ceil(1000 × cost per token × (1 + margin)))
 
 Throughput and time to first token are the node's measurements (its serving meter),
-not constants; a job joining a batch shares the box's power with the others.
+not constants. The price comes from the rating (stable); the live per-job speed and
+time to first token go into bids, where the buyer's ranking weighs them.
 
 A throttled node runs slower (``throttle_factor`` × throughput), so the same
 formula raises its price; a draining or off node declines (``power_shed``), as
@@ -48,6 +49,8 @@ class ProviderStatus:
     tokens_per_s: float  # per job, at normal power (measured by the node)
     price_multiplier: float = 1.0  # from the power governor (throttling, tariff peaks)
     ttft_ms: float | None = None  # measured time to first token (None: not measured yet)
+    # the box's tokens/s over a full batch, measured once at warm-up (None: not yet)
+    rated_tokens_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.capacity < 0 or self.active_jobs < 0 or self.queued < 0 or self.max_queue < 0:
@@ -130,12 +133,18 @@ class CostPlusPolicy:
     def price_per_1k(self, status: ProviderStatus) -> int:
         """The cost-plus price per 1,000 tokens for this node right now.
 
-        The box draws ``power_draw_w`` for the whole batch, so a token's share of it is
-        the power over what every job of the batch makes: the per-job rate (measured at
-        the batch a new job would join) times that batch.
+        The box draws ``power_draw_w`` for a whole batch, so a token's share of it is
+        the power over what the batch makes: the box's rated throughput (a full batch,
+        measured at warm-up), slowed by throttling. The price does not follow the live
+        load: a buyer's ceiling, set from offers, must still hold a moment later, and
+        load already counts in the buyer's ranking through the measured speed. Before
+        any rating, the per-job rate alone (``tokens_per_s``) stands in.
         """
-        batch = max(1, min(status.capacity, status.active_jobs + 1))
-        tps = self.throughput(status) * batch
+        rated = status.rated_tokens_per_s
+        if rated is not None and rated > 0:
+            tps = rated * (self.throttle_factor if status.power_state == "throttled" else 1.0)
+        else:
+            tps = self.throughput(status)
         per_token = self.electricity_per_kwh * (self.power_draw_w / 1000.0) / 3600.0 / tps
         cost_plus = 1000.0 * per_token * (1.0 + self.margin) * status.price_multiplier
         return max(self.floor_per_1k, math.ceil(cost_plus))

@@ -13,7 +13,8 @@ One :class:`ProviderJob` per RFQ seen. Drive it like the buyer's:
 
 Admission: a bid is made only with a free slot, and holds it (``ClaimSlot``) until
 the award, the buyer's "not awarded" (it ends the RFQ stream: :class:`NotAwarded`),
-or the end of the bid window plus ``award_grace_s``. An award within the hold is
+or the end of the bid window plus ``award_grace_s`` (at most ``max_hold_s``: a buyer
+cannot pin our slots with a long window). An award within the hold is
 admitted on power alone; a later one (a buyer's failover to a runner-up) only if a
 slot is free then.
 
@@ -111,7 +112,8 @@ class ProviderConfig:
     """Timeouts (seconds) of the provider machine."""
 
     bid_ttl_s: float = 30.0  # how long a bid stays open for an award (failovers come late)
-    award_grace_s: float = 2.0  # a bid holds its slot for the bid window plus this
+    award_grace_s: float = 2.0  # a bid holds its slot for the bid window plus this…
+    max_hold_s: float = 5.0  # …but never longer (an RFQ's window is the buyer's to set)
     prompt_timeout_s: float = 5.0
     heartbeat_interval_s: float = 1.0
     payment_timeout_s: float = 5.0
@@ -120,6 +122,7 @@ class ProviderConfig:
         for name in (
             "bid_ttl_s",
             "award_grace_s",
+            "max_hold_s",
             "prompt_timeout_s",
             "heartbeat_interval_s",
             "payment_timeout_s",
@@ -276,7 +279,8 @@ class ProviderJob(JobMachine):
         self.state = ProviderState.BID_SENT
         self._timer = now + self.config.bid_ttl_s
         self._holds_slot = True
-        self._hold_until = now + rfq.bid_window_ms / 1000.0 + self.config.award_grace_s
+        hold = rfq.bid_window_ms / 1000.0 + self.config.award_grace_s
+        self._hold_until = now + min(hold, self.config.max_hold_s)
         return [ClaimSlot(job_id=rfq.job_id), SendBid(to=rfq.buyer, message=self.bid)]
 
     def _drop_hold(self) -> list[Action]:

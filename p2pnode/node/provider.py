@@ -159,6 +159,7 @@ class ProviderService:
             tokens_per_s=base.tokens_per_s,
             price_multiplier=base.price_multiplier,
             ttft_ms=base.ttft_ms,
+            rated_tokens_per_s=base.rated_tokens_per_s,
         )
 
     async def in_ledger(self, write: Callable[[Ledger], object]) -> None:

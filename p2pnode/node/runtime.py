@@ -99,6 +99,9 @@ class _Node:
         self.net: NodeNet | None = None
         self.power: PowerService | None = None
         self.max_context = 0  # the engine's real context, once it is started
+        # The box's tokens/s over a full batch, measured at warm-up: what prices are
+        # computed from (the live figures, which move with load, go to the scoring).
+        self.rated_tokens_per_s: float | None = None
         self.engine: Any = None  # the serving Engine, once built (its meter: measured speed)
         self.state = "starting"
         self.offers_changed = trio.Event()
@@ -223,6 +226,7 @@ async def run_node(
             tokens_per_s=speed.tokens_per_s or s.tokens_per_s,
             price_multiplier=max(1.0, policy.price_multiplier) if policy else 1.0,
             ttft_ms=speed.ttft_ms,
+            rated_tokens_per_s=node.rated_tokens_per_s,
         )
 
     drain = trio.Event()
@@ -245,6 +249,8 @@ async def run_node(
         # A few throwaway generations first: the first buyer does not pay for the
         # warm-up, and the first offer states measured speed, not a guess.
         first = await engine.warm_up(batch=s.capacity)
+        full = engine.meter.tokens_per_s(s.capacity)
+        node.rated_tokens_per_s = full * s.capacity if full else None
         logger.info(
             "warm-up: %.1f tokens/s per job alone, TTFT %.0f ms; %s",
             first.tokens_per_s or 0.0,

@@ -42,15 +42,18 @@ def test_price_is_electricity_cost_plus_margin() -> None:
     assert isinstance(q, Quote) and q.price_per_1k == want == 375
 
 
-def test_a_job_joining_a_batch_shares_the_power_draw_with_it() -> None:
-    """The box draws the same power for a batch: a token's cost is that power over what
-    the whole batch makes (per-job rate, as measured at that batch, × the batch)."""
-    roomy = dataclasses.replace(STATUS, capacity=8, active_jobs=3, tokens_per_s=30.0)
-    per_token = 150_000 * 0.3 / 3600 / (30 * 4)
-    assert POLICY.price_per_1k(roomy) == math.ceil(1000 * per_token * 1.2) == 125
-    # the batch never counts past the slots the node has
-    full = dataclasses.replace(roomy, active_jobs=20)
-    assert POLICY.price_per_1k(full) == math.ceil(1000 * 150_000 * 0.3 / 3600 / 240 * 1.2)
+def test_the_price_comes_from_the_rated_batch_throughput_not_the_live_load() -> None:
+    """The box draws the same power for a full batch: a token's cost is that power over
+    the rated (warm-up) throughput; live load changes the bid's speed, not its price."""
+    rated = dataclasses.replace(STATUS, capacity=8, tokens_per_s=30.0, rated_tokens_per_s=120.0)
+    per_token = 150_000 * 0.3 / 3600 / 120
+    assert POLICY.price_per_1k(rated) == math.ceil(1000 * per_token * 1.2) == 125
+    loaded = dataclasses.replace(rated, active_jobs=7, tokens_per_s=3.0)
+    assert POLICY.price_per_1k(loaded) == 125
+    q = POLICY.quote(RFQ, dataclasses.replace(loaded, active_jobs=6))
+    assert isinstance(q, Quote) and q.price_per_1k == 125 and q.est_tokens_per_s == 3.0
+    throttled = dataclasses.replace(rated, power_state="throttled")
+    assert POLICY.price_per_1k(throttled) == math.ceil(1000 * per_token * 2 * 1.2)
 
 
 def test_throttled_node_is_slower_and_dearer() -> None:

@@ -165,6 +165,16 @@ def test_a_bid_holds_its_slot_until_not_awarded_then_a_late_award_needs_a_free_o
     assert kinds(out).count("ClaimSlot") == kinds(out).count("ReleaseSlot") == 1
 
 
+def test_a_long_bid_window_cannot_pin_a_slot() -> None:
+    """A buyer sets the RFQ's window; a hostile one asking for ten minutes must not
+    hold our capacity that long: the hold is capped at ``max_hold_s``."""
+    m = new()
+    slow = dataclasses.replace(RFQ, bid_window_ms=600_000)
+    m.handle(E.RfqReceived(rfq=slow, status=STATUS), 0.0)
+    assert m.next_deadline() == pytest.approx(5.0)
+    assert kinds(m.handle(E.DeadlinePassed(), 5.0)) == ["ReleaseSlot"]
+
+
 def test_the_bid_carries_the_slots_left_after_its_own() -> None:
     roomy = dataclasses.replace(STATUS, capacity=4, active_jobs=1)
     out = new().handle(E.RfqReceived(rfq=RFQ, status=roomy), 0.0)
