@@ -88,6 +88,17 @@ def new_job(market: LocalMarket, before: set[str], finished: bool) -> dict[str, 
     raise AssertionError("no provider recorded the job")
 
 
+def wait_finished(market: LocalMarket, job_id: str) -> dict[str, Any]:
+    """The job's row once its provider has recorded its end (a moment after the buyer's)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = provider_jobs(market)[job_id]
+        if job["finished_at"]:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"the provider never recorded the end of job {job_id}")
+
+
 def assert_cancelled_and_paid_for_what_it_sent(job: dict[str, Any]) -> None:
     """Generation stopped early, and the buyer paid for the tokens it was sent: never
     more, and less only by what the provider streams ahead of payment."""
@@ -177,7 +188,7 @@ def test_clients_that_leave_cancel_their_own_job_and_no_other(
     answer = response.json()
     assert answer["usage"]["completion_tokens"] == 120, answer
     assert answer["hearth"]["job_id"] == bystander_job["job_id"]
-    finished = provider_jobs(market)[bystander_job["job_id"]]
+    finished = wait_finished(market, bystander_job["job_id"])
     assert finished["status"] == "done" and finished["finished_at"] > plain["finished_at"]
     assert gateway.alive()
 
