@@ -240,7 +240,8 @@ class _Child:
     """A capacity engine's process and the lines it prints, read by a thread."""
 
     def __init__(self, market: LocalMarket, k: int, spec: dict[str, Any]) -> None:
-        with open(market.dir / f"capacity-{k}.log", "w") as log:
+        self.log_path = market.dir / f"capacity-{k}.log"
+        with open(self.log_path, "w") as log:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "p2pnode.bench_gateway"],
                 stdin=subprocess.PIPE,
@@ -277,8 +278,11 @@ class _Child:
                 break
             if line.startswith(prefix):
                 return line[len(prefix) :].strip()
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        cause = lines[-1] if lines else "nothing in its log"
         raise RuntimeError(
-            f"a capacity engine did not say {prefix.strip()!r} (exit {self.popen.poll()})"
+            f"a capacity engine did not say {prefix.strip()!r} (exit {self.popen.poll()}; "
+            f"{self.log_path.name}: {cause})"
         )
 
     def stop(self) -> None:
@@ -389,9 +393,12 @@ def figures(
     market: LocalMarket,
     outcomes: list[Outcome],
     wall_s: float,
-    cap: dict[str, Any],
+    cap: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The benchmark's report (see :func:`run_bench_gateway`)."""
+    """The benchmark's report (see :func:`run_bench_gateway`; ``cap`` None: capacity
+    could not be measured, and its figures are None)."""
+    if cap is None:
+        cap = {"tokens_per_s": None, "latency_s": [], "ttft_s": []}
     done = [o for o in outcomes if o.ok]
     tokens = sum(o.tokens for o in done)
     tokens_per_s = tokens / wall_s if wall_s else 0.0
@@ -406,7 +413,7 @@ def figures(
         "completion_tokens": tokens,
         "wall_s": round(wall_s, 2),
         "tokens_per_s": round(tokens_per_s, 1),
-        "capacity_tokens_per_s": round(cap["tokens_per_s"], 1),
+        "capacity_tokens_per_s": round(cap["tokens_per_s"], 1) if cap["tokens_per_s"] else None,
         "ratio": round(tokens_per_s / cap["tokens_per_s"], 3) if cap["tokens_per_s"] else None,
         "latency_s": _p([o.latency_s for o in done]),
         "ttft_s": _p([o.ttft_s for o in done if o.ttft_s is not None]),
@@ -457,7 +464,14 @@ def run_bench_gateway(
         )
         gateway_up = gateway.alive()
         say(f"the same requests on {nodes} bare engines")
-        cap = capacity(market, names, work, concurrency)
+        cap: dict[str, Any] | None = None
+        try:
+            cap = capacity(market, names, work, concurrency)
+        except RuntimeError as exc:  # the gateway's figures still stand: report both
+            capacity_error = str(exc)
+            say(f"capacity not measured: {exc}")
+        else:
+            capacity_error = ""
     finally:
         if gateway is not None:
             gateway.stop()
@@ -465,6 +479,8 @@ def run_bench_gateway(
     report: dict[str, Any] = {"nodes": nodes, "concurrency": concurrency, "requests": requests}
     report.update(figures(market, outcomes, wall, cap))
     report["gateway_up"] = gateway_up
+    if capacity_error:
+        report["capacity_error"] = capacity_error
     report["workdir"] = str(workdir)
     return report
 
