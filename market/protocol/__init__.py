@@ -6,7 +6,8 @@ here (``from market.protocol import Bid, encode, decode``).
 
 # Job machines (issue 3): events and actions are exported as modules,
 # ``from market.protocol import events, actions``; the rest are appended to __all__ below.
-from market.protocol import actions, events
+# The verification rule (issue 16) too: ``from market.protocol import verify``.
+from market.protocol import actions, events, verify
 from market.protocol.auction import (
     BidScorer,
     ReputationSource,
@@ -180,4 +181,5 @@ __all__ += [
     "chain_link",
     "events",
     "rank_bids",
+    "verify",
 ]

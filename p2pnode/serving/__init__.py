@@ -9,6 +9,7 @@ Public API (what the node, the SDK's local baseline and the benchmarks call)::
         async for chunk in engine.generate(GenerationRequest(messages=[...], max_tokens=64)):
             ...
         logprobs = await engine.score(prompt_ids, completion_ids)
+        rescore = await engine.rescore(request, completion_ids)  # what a verifier runs
 
 Parts, by role (vLLM v1 is the model): :mod:`.engine` (the async API, on trio),
 :mod:`.input_processor` (validation, chat template, tokenisation; off the event
@@ -35,6 +36,7 @@ from p2pnode.serving.api import (
     EngineError,
     GenerationChunk,
     GenerationRequest,
+    Rescore,
     ServingBackend,
     TokenLogprob,
 )
@@ -55,6 +57,7 @@ __all__ = [
     "GenerationRequest",
     "LoadedModel",
     "ModelLoadError",
+    "Rescore",
     "ServingBackend",
     "Speed",
     "TokenLogprob",

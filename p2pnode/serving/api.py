@@ -18,6 +18,7 @@ __all__ = [
     "FinishReason",
     "GenerationChunk",
     "GenerationRequest",
+    "Rescore",
     "ServingBackend",
     "TokenLogprob",
 ]
@@ -43,9 +44,9 @@ class GenerationRequest:
 
     ``resume_token_ids`` are completion tokens already delivered (by a provider that
     failed mid-stream): the engine treats them as generated, continues after them, and
-    counts them against ``max_tokens``. With a seed, sampling continues the random
-    stream as if uninterrupted only for greedy decoding; seeded sampling restarts its
-    generator at the resume point.
+    counts them against ``max_tokens``. Sampling continues as if uninterrupted: the
+    sampler's noise depends only on (seed, position in the completion, token id), and
+    resumed tokens count as positions (:mod:`p2pnode.serving.sampler`).
 
     ``logprobs`` is always reported for the chosen token when True; ``top_logprobs``
     adds that many alternatives. Logprobs are the raw model log-softmax, before
@@ -123,6 +124,39 @@ class GenerationChunk:
     completion_tokens: int = 0
     error: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Rescore:
+    """A verifier's teacher-forced pass over a claimed completion (``Engine.rescore``).
+
+    Plain numbers, one entry per completion position ``i`` (resumed tokens included),
+    with the same fields as :class:`market.protocol.verify.Rescore`, the rule's input
+    (``verify.Rescore(**dataclasses.asdict(r))``):
+
+    * ``logprobs[i]``: raw logprob (log-softmax of the raw logits, before temperature or
+      masks) of the claimed ``token_ids[i]``;
+    * ``top_ids[i]`` / ``top_logprobs[i]``: this engine's top-n at ``i``, raw;
+    * ``choice[i]``: the token :mod:`~p2pnode.serving.sampler` yields from this
+      engine's logits with the job's parameters and seed;
+    * ``margin[i]``: how far the claimed token is from being that choice, in raw
+      logit nats (0 when it is; greedy: the logit gap below the top);
+    * ``outside_k[i]`` (nats) / ``outside_p[i]`` (probability mass): how far the
+      claimed token lies outside this engine's top-k / top-p set (0 inside).
+    """
+
+    model_id: str
+    dtype: str
+    sampler: str
+    prompt_tokens: int
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    top_ids: tuple[tuple[int, ...], ...]
+    top_logprobs: tuple[tuple[float, ...], ...]
+    choice: tuple[int, ...]
+    margin: tuple[float, ...]
+    outside_k: tuple[float, ...]
+    outside_p: tuple[float, ...]
 
 
 class ServingBackend(Protocol):

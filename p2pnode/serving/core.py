@@ -1,14 +1,13 @@
 """The engine core: one thread that owns the scheduler, the runner and every torch call.
 
 Each turn of :meth:`EngineCore.run` drains the inbox (add, pause, resume, abort, score,
-stop), then takes one engine step, *schedule → execute → update* (vLLM v1), and hands
+rescore, stop), then takes one engine step, *schedule → execute → update* (vLLM v1), and hands
 the step's sampled tokens to the :class:`~p2pnode.serving.output_processor.OutputProcessor`,
 which turns them into chunks. The chunks of every request in the step leave in one
 call of ``deliver`` (the engine posts them to trio); the core itself knows nothing of
 trio and nothing of text.
 
-Every torch call of an engine runs on this one thread (build, steps, scoring, even the
-per-request ``torch.Generator``). With libgomp, each thread that ever runs a parallel
+Every torch call of an engine runs on this one thread (build, steps, scoring). With libgomp, each thread that ever runs a parallel
 region keeps its own team of OpenMP workers for life, and once the process has more of
 those than CPUs, every worker stops spinning between regions and sleeps instead, so
 each of the ~2,000 regions of a step pays a futex wake-up. Building on a second thread
@@ -38,6 +37,7 @@ from p2pnode.serving.meter import ServingMeter
 from p2pnode.serving.output_processor import Keyed, OutputProcessor
 from p2pnode.serving.request import EngineRequest
 from p2pnode.serving.runner import ModelRunner, SamplingSpec
+from p2pnode.serving.sampler import RowParams
 from p2pnode.serving.scheduler import Scheduler, SeqState
 
 __all__ = ["EngineCore", "EngineStats"]
@@ -126,6 +126,17 @@ class EngineCore:
         self, prompt: Sequence[int], completion: Sequence[int], done: Callable[[Any], None]
     ) -> None:
         self._inbox.put(("score", (list(prompt), list(completion), done)))
+
+    def rescore(
+        self,
+        prompt: Sequence[int],
+        completion: Sequence[int],
+        rows: Sequence[RowParams],
+        top_n: int,
+        done: Callable[[Any], None],
+    ) -> None:
+        """Teacher-forced re-scoring for verification (:meth:`ModelRunner.rescore`)."""
+        self._inbox.put(("rescore", (list(prompt), list(completion), list(rows), top_n, done)))
 
     def stop(self) -> None:
         """End :meth:`run`; every unfinished request ends with ``"cancelled"``."""
@@ -219,22 +230,24 @@ class EngineCore:
             except Exception as e:
                 result = e
             self._reply(done, result)
+        elif kind == "rescore":
+            prompt, completion, rows, top_n, done = arg
+            try:
+                result = self.runner.rescore(prompt, completion, rows, top_n)
+            except Exception as e:
+                result = e
+            self._reply(done, result)
         return True
 
     def _spec(self, req: EngineRequest) -> SamplingSpec:
-        assert self.plan is not None
         p = req.sampling
-        gen = None
-        if p.seed is not None:
-            device = self.plan.device
-            gen = torch.Generator(device="cpu" if device.type == "cpu" else device)
-            gen.manual_seed(p.seed)
         return SamplingSpec(
             temperature=p.temperature,
             top_p=p.top_p,
             top_k=p.top_k,
             top_logprobs=p.top_logprobs,
-            generator=gen,
+            seed=p.seed or 0,
+            origin=req.prompt_tokens,
             logprobs=p.logprobs,
         )
 

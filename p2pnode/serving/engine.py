@@ -48,6 +48,7 @@ from p2pnode.serving.api import (
     EngineError,
     GenerationChunk,
     GenerationRequest,
+    Rescore,
     TokenLogprob,
 )
 from p2pnode.serving.bridge import TrioBridge
@@ -57,9 +58,10 @@ from p2pnode.serving.input_processor import InputProcessor
 from p2pnode.serving.intake import Intake
 from p2pnode.serving.loader import LoadedModel
 from p2pnode.serving.meter import ServingMeter
+from p2pnode.serving.sampler import SAMPLER_ID, RowParams
 from p2pnode.serving.tokenizer import Tokenizer
 
-__all__ = ["Engine", "EngineStats", "Speed"]
+__all__ = ["Engine", "EngineStats", "Rescore", "Speed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -432,3 +434,77 @@ class Engine:
         if isinstance(box["r"], BaseException):
             raise EngineError(f"scoring failed: {box['r']!r}") from box["r"]
         return list(box["r"])
+
+    async def rescore(
+        self,
+        request: GenerationRequest | Sequence[int],
+        completion_ids: Sequence[int],
+        *,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        seed: int | None = None,
+        top_n: int = 5,
+    ) -> Rescore:
+        """What a verifier runs: one teacher-forced pass over a claimed completion.
+
+        ``request`` is the job as the provider got it (its prompt is tokenised exactly
+        as :meth:`generate` does, chat template included, and its sampling parameters
+        are the defaults of the keywords), or the prompt's token ids (then
+        ``temperature`` is required). ``completion_ids`` is the whole completion: a
+        request's ``resume_token_ids`` must be its start, since the sampler counts
+        positions from the first completion token. A seeded (non-greedy) job needs its
+        ``seed``. Runs on the core's thread between steps; see :class:`Rescore`.
+        """
+        if self._closed:
+            raise EngineClosedError("engine is not running")
+        assert self._inputs is not None and self.plan is not None
+        if isinstance(request, GenerationRequest):
+            request.validate()
+            prompt_ids = await trio.to_thread.run_sync(self._inputs.prompt_ids, request)
+            resumed = [int(t) for t in request.resume_token_ids]
+            if list(completion_ids[: len(resumed)]) != resumed:
+                raise BadRequestError("completion_ids must start with the resumed tokens")
+            temperature = request.temperature if temperature is None else temperature
+            top_p = request.top_p if top_p is None else top_p
+            top_k = request.top_k if top_k is None else top_k
+            seed = request.seed if seed is None else seed
+        else:
+            prompt_ids = [int(t) for t in request]
+        if temperature is None:
+            raise BadRequestError("rescore of prompt ids needs the job's temperature")
+        top_p, top_k = (1.0 if top_p is None else top_p), (0 if top_k is None else top_k)
+        rows = [
+            RowParams(temperature, top_k, top_p, seed or 0, i) for i in range(len(completion_ids))
+        ]
+        if rows and not rows[0].greedy and seed is None:
+            raise BadRequestError("a sampled job is verifiable only with its seed")
+        if not 0 <= top_n <= 20:
+            raise BadRequestError(f"top_n must be in [0, 20], got {top_n}")
+        self._inputs.check_score(prompt_ids, completion_ids)
+        done = trio.Event()
+        box: dict[str, Any] = {}
+
+        def reply(result: Any) -> None:
+            box["r"] = result
+            done.set()
+
+        self._core.rescore(prompt_ids, completion_ids, rows, top_n, reply)
+        await done.wait()
+        r = box["r"]
+        if isinstance(r, BaseException):
+            raise EngineError(f"rescoring failed: {r!r}") from r
+        return Rescore(
+            model_id=self.model_id,
+            dtype=str(self.plan.dtype).removeprefix("torch."),
+            sampler=SAMPLER_ID,
+            prompt_tokens=len(prompt_ids),
+            token_ids=tuple(int(t) for t in completion_ids),
+            logprobs=tuple(r["logprobs"]),
+            top_ids=tuple(r["top_ids"]),
+            top_logprobs=tuple(r["top_logprobs"]),
+            choice=tuple(r["choice"]),
+            margin=tuple(r["margin"]),
+            outside_k=tuple(r["outside_k"]),
+            outside_p=tuple(r["outside_p"]),
+        )

@@ -40,7 +40,7 @@ class InputProcessor:
             raise BadRequestError(
                 f"unknown model {request.model!r}; this engine serves {self.model_id}"
             )
-        prompt_ids = self._prompt_ids(request)
+        prompt_ids = self.prompt_ids(request)
         resume = [int(t) for t in request.resume_token_ids]
         if not prompt_ids:
             raise BadRequestError("empty prompt")
@@ -93,7 +93,8 @@ class InputProcessor:
         if any(not 0 <= t < self.vocab_size for t in (*prompt_ids, *completion_ids)):
             raise BadRequestError("token id out of vocabulary")
 
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+    def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        """The caller's prompt as generation sees it (chat template applied), no resume."""
         tok = self.tokenizer
         if request.messages is not None:
             try:

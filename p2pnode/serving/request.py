@@ -4,8 +4,8 @@
 :class:`~p2pnode.serving.api.GenerationRequest` (text, chat messages or ids, checked
 against the model and the KV budget) into an :class:`EngineRequest`: token ids, the
 sampling parameters as plain numbers, and the text-side state that output processing
-needs. The core builds its torch objects (the seeded ``torch.Generator``) from
-:class:`SamplingParams` on its own thread.
+needs. The core turns :class:`SamplingParams` into the runner's per-row sampler
+parameters (:mod:`p2pnode.serving.sampler`) on its own thread.
 """
 
 from __future__ import annotations

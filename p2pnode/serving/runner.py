@@ -8,18 +8,21 @@ that sample, and:
 
 * takes the **raw** ``log_softmax`` of those logits for the reported logprobs (only
   when some sequence in the step asked for logprobs);
-* samples each row with its own ``torch.Generator`` (seeded per request, so the
-  tokens do not depend on what else is in the batch); greedy rows share one argmax.
+* chooses each row's token with :func:`~p2pnode.serving.sampler.choose`: a pure
+  function of (raw logits, sampling parameters, seed, position), so the tokens do not
+  depend on what else is in the batch or on the device, and a verifier recomputes
+  them (:meth:`ModelRunner.rescore`); greedy rows share one argmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from p2pnode.serving import cpu_attention, onednn
+from p2pnode.serving import cpu_attention, onednn, sampler
 from p2pnode.serving.device import DevicePlan
 from p2pnode.serving.loader import LoadedModel
 from p2pnode.serving.model import (
@@ -60,8 +63,15 @@ class SamplingSpec:
     top_p: float = 1.0
     top_k: int = 0
     top_logprobs: int = 0
-    generator: torch.Generator | None = None
+    seed: int = 0  # the job's sampling seed (unused when greedy)
+    origin: int = 0  # sequence length at completion position 0 (the caller's prompt)
     logprobs: bool = True  # report the chosen token's logprob (else SampleOut.logprob is nan)
+
+    def row(self, length: int) -> sampler.RowParams:
+        """The sampler's parameters for the token after ``length`` tokens of context."""
+        return sampler.RowParams(
+            self.temperature, self.top_k, self.top_p, self.seed, length - self.origin
+        )
 
     @property
     def greedy(self) -> bool:
@@ -241,19 +251,19 @@ class ModelRunner:
         if not sampling:
             return {}
         logits = self.model.logits(hidden[torch.tensor(last_rows, device=self.device)])  # [R, V]
+        specs_r = [specs[c.seq_id] for c in sampling]
+        rows = [s.row(c.start + len(c.token_ids)) for s, c in zip(specs_r, sampling, strict=True)]
         return dict(
-            zip(
-                (c.seq_id for c in sampling),
-                self._sample(logits, [specs[c.seq_id] for c in sampling]),
-                strict=True,
-            )
+            zip((c.seq_id for c in sampling), self._sample(logits, specs_r, rows), strict=True)
         )
 
-    def _sample(self, logits: torch.Tensor, specs: Sequence[SamplingSpec]) -> list[SampleOut]:
-        tokens = logits.argmax(dim=-1)  # [R] greedy for every row, replaced below if sampling
-        for r, spec in enumerate(specs):
-            if not spec.greedy:
-                tokens[r] = self._sample_row(logits[r], spec)
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        specs: Sequence[SamplingSpec],
+        rows: Sequence[sampler.RowParams],
+    ) -> list[SampleOut]:
+        tokens = sampler.choose(logits, rows)  # [R]
         if not any(s.logprobs for s in specs):  # nobody asked: skip the [R, V] reduction
             return [SampleOut(int(t), _NAN, ()) for t in tokens.tolist()]
         # Raw model logprobs without materialising log_softmax over the vocabulary:
@@ -274,23 +284,10 @@ class ModelRunner:
             out.append(SampleOut(int(tok), float(lp) if specs[r].logprobs else _NAN, top))
         return out
 
-    @staticmethod
-    def _sample_row(row: torch.Tensor, spec: SamplingSpec) -> torch.Tensor:
-        x = row / spec.temperature  # [V]
-        if spec.top_k > 0 and spec.top_k < x.shape[0]:
-            kth = torch.topk(x, spec.top_k).values[-1]
-            x = x.masked_fill(x < kth, _NEG_INF)
-        if spec.top_p < 1.0:
-            sorted_x, order = torch.sort(x, descending=True)
-            probs = torch.softmax(sorted_x, dim=-1)
-            drop = probs.cumsum(-1) - probs > spec.top_p  # keep the smallest head with mass >= p
-            x = x.scatter(0, order, sorted_x.masked_fill(drop, _NEG_INF))
-        probs = torch.softmax(x, dim=-1)
-        return torch.multinomial(probs, 1, generator=spec.generator)[0]
-
-    @torch.inference_mode()
-    def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
-        """Raw logprob of each completion token given everything before it (one pass)."""
+    def _forced_logits(
+        self, prompt_ids: Sequence[int], completion_ids: Sequence[int]
+    ) -> torch.Tensor:
+        """Raw fp32 logits ``[C, V]`` predicting each completion token (one pass)."""
         ids = [*prompt_ids, *completion_ids]
         t = len(ids)
         if not prompt_ids or not completion_ids:
@@ -307,6 +304,41 @@ class ModelRunner:
         )
         hidden = self.model(torch.tensor(ids, device=self.device), plan, scratch)
         p = len(prompt_ids)
-        logp = torch.log_softmax(self.model.logits(hidden[p - 1 : t - 1]), dim=-1)  # [C, V]
+        return self.model.logits(hidden[p - 1 : t - 1])
+
+    @torch.inference_mode()
+    def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
+        """Raw logprob of each completion token given everything before it (one pass)."""
+        logp = torch.log_softmax(self._forced_logits(prompt_ids, completion_ids), dim=-1)
         target = torch.tensor(completion_ids, device=self.device)[:, None]
         return [float(x) for x in logp.gather(1, target)[:, 0].tolist()]
+
+    @torch.inference_mode()
+    def rescore(
+        self,
+        prompt_ids: Sequence[int],
+        completion_ids: Sequence[int],
+        rows: Sequence[sampler.RowParams],
+        top_n: int,
+    ) -> dict[str, list[Any]]:
+        """What a verifier reports of a completion, from one teacher-forced pass.
+
+        Per completion position: the raw logprob of the given token, the top ``top_n``
+        (ids, raw logprobs), and :func:`~p2pnode.serving.sampler.explain`'s choice,
+        margin and distances outside top-k / top-p under ``rows`` (one per position).
+        """
+        logits = self._forced_logits(prompt_ids, completion_ids)  # [C, V]
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        target = torch.tensor(completion_ids, device=self.device)[:, None]
+        claimed = (logits.gather(1, target) - lse)[:, 0]
+        tv, ti = logits.topk(max(1, top_n), dim=-1)
+        ex = sampler.explain(logits, rows, completion_ids)
+        return {
+            "logprobs": [float(x) for x in claimed.tolist()],
+            "top_ids": [tuple(r[:top_n]) for r in ti.tolist()],
+            "top_logprobs": [tuple(r[:top_n]) for r in (tv - lse).tolist()],
+            "choice": ex.choice,
+            "margin": ex.margin,
+            "outside_k": ex.outside_k,
+            "outside_p": ex.outside_p,
+        }
