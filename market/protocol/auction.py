@@ -60,7 +60,8 @@ class PeerView:
     The defaults are the view of a stranger: its claims taken at face value, no
     round trip known, never used. ``speed_ratio`` and ``ttft_ratio`` are observed ÷
     claimed (geometric means, recent jobs weighing most): 0.5 means it delivered half
-    the tokens/s it claimed, or answered in half the time. ``recent_jobs`` is how many
+    the tokens/s it claimed, or answered in half the time. ``in_flight`` is how many of
+    this buyer's jobs it is serving right now. ``recent_jobs`` is how many
     of this buyer's recent jobs it was given (a decayed count).
     """
 
@@ -69,6 +70,7 @@ class PeerView:
     ttft_ratio: float = 1.0
     rtt_ms: float | None = None
     recent_jobs: float = 0.0
+    in_flight: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.reputation <= 1.0:
@@ -77,6 +79,8 @@ class PeerView:
             raise LocalProtocolError("observed/claimed ratios must be > 0")
         if self.recent_jobs < 0.0 or (self.rtt_ms is not None and self.rtt_ms < 0.0):
             raise LocalProtocolError("recent_jobs and rtt_ms must be >= 0")
+        if self.in_flight < 0:
+            raise LocalProtocolError("in_flight must be >= 0")
 
 
 class ReputationSource(Protocol):
@@ -143,13 +147,18 @@ def tiebreak(job_id: bytes, provider: str) -> float:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WeightedScorer:
     """``w_time·ln T + w_price·price + w_rep·(1 − rep) + w_region·off_region
-    + w_congestion/(1 + free_slots) − w_explore/√(1 + recent_jobs) + w_jitter·draw``.
+    + w_congestion/(1 + free_slots) + w_load·in_flight − w_explore/√(1 + recent_jobs)
+    + w_jitter·draw``.
 
     ``T`` (seconds) = expected time to first token (claimed × observed ratio, plus
     the round trip) + ``max_tokens`` / expected tokens/s (claimed × observed ratio).
     A bid that states no speed (``est_tokens_per_s`` 0, an old node) is taken at
-    ``unknown_tokens_per_s``. Weights are in the units of ``ln T``: ``w_explore`` 0.2
-    lets a never-used provider win against a well-used one that is up to ~20 % faster.
+    ``unknown_tokens_per_s``. Weights are in the units of ``ln T``. ``w_explore`` 1.0:
+    a never-used provider wins against a well-used one (8 recent jobs: bonus 0.33)
+    that claims to be up to ~2× faster, so one whose warm-up measured it slow on a
+    busy moment is still tried, and the buyer's own observations (the speed ratios)
+    then judge it; among equal providers the least used recently is preferred, so
+    they share the work.
     """
 
     w_time: float = 1.0
@@ -157,7 +166,10 @@ class WeightedScorer:
     w_reputation: float = 1.0
     w_region: float = 0.25
     w_congestion: float = 0.2
-    w_explore: float = 0.2
+    w_explore: float = 1.0
+    # each of our own jobs already running there: it shares that box with them, and the
+    # provider's measured figures lag (least outstanding requests, as load balancers do)
+    w_load: float = 0.5
     w_jitter: float = 0.02
     unknown_tokens_per_s: float = 5.0
     min_seconds: float = 1e-3  # floor under T, so ln T stays finite
@@ -170,6 +182,7 @@ class WeightedScorer:
             self.w_region,
             self.w_congestion,
             self.w_explore,
+            self.w_load,
             self.w_jitter,
         )
         if any(w < 0.0 for w in weights):
@@ -202,6 +215,7 @@ class WeightedScorer:
             + self.w_reputation * (1.0 - ctx.reputation)
             + self.w_region * off_region
             + self.w_congestion / (1.0 + bid.free_slots)
+            + self.w_load * ctx.peer.in_flight
             - self.w_explore / math.sqrt(1.0 + ctx.peer.recent_jobs)
             + self.w_jitter * ctx.tiebreak
         )

@@ -177,6 +177,7 @@ class BuyerJob(JobMachine):
         "_awarded_at",
         "_bids",
         "_busy_round",
+        "_busy_seen",
         "_declines",
         "_delivered",
         "_failovers",
@@ -250,6 +251,7 @@ class BuyerJob(JobMachine):
         self._awarded_at: float | None = None
         self._award_s: float | None = None  # auction time of the first award, queue excluded
         self._busy_round = 0  # providers that declined as busy this round
+        self._busy_seen = False  # some provider was busy during this job
         self._submitted_at = 0.0
         self._queued_at = 0.0
         self._queued_s = 0.0
@@ -363,6 +365,7 @@ class BuyerJob(JobMachine):
             )
         if d.reason is DeclineReason.BUSY and ev.sender not in self._answered:
             self._busy_round += 1
+            self._busy_seen = True
         self._answered.add(ev.sender)
         if self.state is BuyerState.COLLECTING and self._all_answered():
             return self._award_next(now)
@@ -457,6 +460,9 @@ class BuyerJob(JobMachine):
             code = ev.error.code
             if code is ErrorCode.BAD_REQUEST:  # about our request: another may take it
                 self._refused[ev.sender] = ev.error.message
+            if code is ErrorCode.OVERLOADED:  # no slot for us after all: the market is full
+                self._busy_round += 1
+                self._busy_seen = True
             soft = code in (
                 ErrorCode.OVERLOADED,
                 ErrorCode.POWER_SHED,
@@ -485,6 +491,10 @@ class BuyerJob(JobMachine):
             out: list[Action] = []
             if self.active is not None:
                 out.append(self._cancel_active("job deadline"))
+            if self._busy_seen and not self._delivered:
+                # still looking for a slot when time ran out: the market is full, not broken
+                why = f"no provider had a free slot before the deadline (queued {self._queued_s:.1f} s)"
+                return out + self._fail(BuyerFailure.SATURATED, why, now)
             return out + self._fail(BuyerFailure.DEADLINE, "job deadline passed", now)
         if self._timer is None or now < self._timer:
             return []

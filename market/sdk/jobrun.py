@@ -316,6 +316,7 @@ class JobRun:
         peer = award.to
         net = self.client.net
         held = self.held.get(peer)
+        self.client.reputation.started(peer)
         try:
             if not await self._cover(award):
                 return
@@ -335,6 +336,7 @@ class JobRun:
             self.pending.pop(peer, None)
             self.streams.pop(peer, None)
             net.unprotect(peer)
+            self.client.reputation.stopped(peer)
         if self.outcome is None:
             self.events_in.send_nowait(PeerDisconnected(peer=peer))
 

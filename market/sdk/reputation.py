@@ -119,6 +119,8 @@ class Reputation:
         self.penalty_fade = penalty_fade  # per segment observed (any provider)
         self.use_fade = use_fade  # per segment observed (any provider)
         self._peers: OrderedDict[str, _Peer] = OrderedDict()
+        # our jobs each provider serves right now (bounded by our open jobs)
+        self._in_flight: dict[str, int] = {}
         self._clock = 0  # segments observed
 
     # ------------------------------------------------------------------ bookkeeping
@@ -158,13 +160,16 @@ class Reputation:
         """The auction's view of ``provider`` (a stranger's when it is not remembered)."""
         rec = self._peers.get(provider)
         if rec is None:
-            return PeerView(reputation=1.0 - self.prior_failure)
+            return PeerView(
+                reputation=1.0 - self.prior_failure, in_flight=self._in_flight.get(provider, 0)
+            )
         return PeerView(
             reputation=self._reputation(rec),
             speed_ratio=math.exp(rec.log_speed),
             ttft_ratio=math.exp(rec.log_ttft),
             rtt_ms=None if rec.rtt_s is None else 1000.0 * rec.rtt_s,
             recent_jobs=self._uses(rec),
+            in_flight=self._in_flight.get(provider, 0),
         )
 
     def record(self, provider: str) -> ProviderRecord | None:
@@ -240,6 +245,18 @@ class Reputation:
             rec.ttft_n += 1
             w = max(self.speed_weight, 1.0 / rec.ttft_n)
             rec.log_ttft += w * (math.log(ratio) - rec.log_ttft)
+
+    def started(self, provider: str) -> None:
+        """One of our jobs was awarded to ``provider`` (it is serving it now)."""
+        self._in_flight[provider] = self._in_flight.get(provider, 0) + 1
+
+    def stopped(self, provider: str) -> None:
+        """One of our jobs left ``provider`` (finished, failed over, or cancelled)."""
+        left = self._in_flight.get(provider, 0) - 1
+        if left > 0:
+            self._in_flight[provider] = left
+        else:
+            self._in_flight.pop(provider, None)
 
     def observe_rtt(self, provider: str, rtt_s: float) -> None:
         """A measured round trip to ``provider`` (for example a ping, or RFQ → bid)."""

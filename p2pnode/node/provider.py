@@ -21,6 +21,8 @@ from market.gossip import rfq_check, valid_rfq
 from market.ledger import Ledger
 from market.protocol import (
     Award,
+    Decline,
+    DeclineReason,
     RemoteProtocolError,
     ReplayGuard,
     Rfq,
@@ -285,10 +287,25 @@ class ProviderService:
         A buyer that picks someone else ends the stream; the bid stays open (a failover
         may still award it on a job stream) until it expires.
         """
-        if not self._admit(fs.peer_id):
-            return  # over its rate: the stream ends with nothing said, nothing read
-        message = await receive_message(fs, self._guard, timeout=10)
+        admitted = self._admit(fs.peer_id)
+        message = await receive_message(fs, self._guard, timeout=10 if admitted else 2)
         rfq = valid_rfq(message, fs.peer_id, self.model_id)  # raises: an error frame
+        if not admitted:
+            # Over its rate: no chain read, no bid, no slot; but on its own stream a
+            # "busy" costs us one frame and tells a buyer with many users (a gateway)
+            # to queue and come back, instead of waiting out a window for nothing.
+            self.stats.declines += 1
+            self.stats.declines_by_reason["rate"] += 1
+            decline = Decline(
+                job_id=rfq.job_id,
+                provider=self.key.peer_id,
+                reason=DeclineReason.BUSY,
+                detail="over this buyer's RFQ rate",
+            )
+            with suppress(NetError), trio.move_on_after(2):
+                await send_message(fs, decline, self.key)
+                await fs.send_end()
+            return
         await self._answer_and_wait(fs, await self._quote(rfq))
 
     async def _answer_and_wait(self, fs: FramedStream, answer: SendBid | SendDecline) -> None:

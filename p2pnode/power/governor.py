@@ -150,7 +150,9 @@ class GovernorConfig:
     recover_after_s: float = 120.0  # target must stay relaxed this long
     drain_finish_s: float = 20.0  # jobs ending within this finish; the rest hand off
     drain_timeout_s: float = 30.0  # DRAINING → OFF at the latest after this
-    max_concurrency: int = 4
+    max_concurrency: int = (
+        256  # normal power: the engine's own slots ([serving] max_batch) cap first
+    )
     throttled_concurrency: int = 1
     max_batch: int = 8
     throttled_batch: int = 2

@@ -34,6 +34,10 @@ from p2pnode.power.sources import TariffSchedule
 
 __all__ = ["DayResult", "HouseholdDay", "NodeModel", "simulate_day"]
 
+BOX_SLOTS = 4
+"""Jobs the modelled box serves at once (its engine's slots; the governor caps it lower
+when the house needs the power)."""
+
 PANEL_A, VOLTS, CONTINUOUS = 200, 240.0, 0.8
 LIMIT_W = PANEL_A * VOLTS * CONTINUOUS
 TARIFF = TariffSchedule.from_mapping(
@@ -183,7 +187,7 @@ def simulate_day(
         # offers arrive; the node bids if allowed and a slot is free
         if rng.random() < node.job_rate_per_s:
             res.jobs_offered += 1
-            cap = policy.max_concurrency if governed else GovernorConfig().max_concurrency
+            cap = min(BOX_SLOTS, policy.max_concurrency) if governed else BOX_SLOTS
             mult = policy.price_multiplier if governed else 1.0
             free = (not governed or policy.may_bid) and len(running) < cap
             if free and rng.random() < node.base_win_prob / mult:

@@ -186,7 +186,8 @@ def test_completion_time_is_first_token_plus_decode() -> None:
     assert scorer.expected_ttft_s(b, peer) == pytest.approx((0.150 + 0.050) * 2.0)
     assert scorer.expected_tokens_per_s(b, peer) == pytest.approx(20.0)
     assert scorer.completion_s(b, ctx) == pytest.approx(0.4 + 100 / 20.0)
-    expected = math.log(5.4) + 500 / 1000 + 0.0 + 0.0 + 0.2 / 3 - 0.2 / 1.0 + 0.02 * ctx.tiebreak
+    explore = scorer.w_explore / 1.0  # never used: the full exploration bonus
+    expected = math.log(5.4) + 500 / 1000 + 0.0 + 0.0 + 0.2 / 3 - explore + 0.02 * ctx.tiebreak
     assert scorer.score(b, ctx) == pytest.approx(expected)
 
 
@@ -221,3 +222,14 @@ def test_scorer_refuses_bad_settings(kw: dict[str, float]) -> None:
 def test_peer_view_refuses_nonsense(kw: dict[str, float]) -> None:
     with pytest.raises(LocalProtocolError):
         PeerView(**kw)
+
+
+def test_our_own_jobs_running_on_a_provider_send_the_next_one_elsewhere() -> None:
+    """Least outstanding requests: two equal bids, ours already run two jobs on PA."""
+    scorer = WeightedScorer()
+    a, b = bid("PA"), bid("PB")
+    busy = BidContext(rfq=RFQ, region="eu-west", reputation=1.0, peer=PeerView(in_flight=2))
+    idle = BidContext(rfq=RFQ, region="eu-west", reputation=1.0, peer=PeerView())
+    assert scorer.score(a, busy) - scorer.score(b, idle) > 2 * scorer.w_load - scorer.w_jitter
+    with pytest.raises(LocalProtocolError):
+        PeerView(in_flight=-1)

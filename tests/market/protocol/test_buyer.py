@@ -597,3 +597,35 @@ def test_one_provider_calling_a_request_bad_does_not_make_it_bad() -> None:
             break
         m.handle(E.DeadlinePassed(), t * 1.0)
     assert m.outcome is not None and m.outcome.reason == "providers_exhausted"
+
+
+def test_time_running_out_while_every_slot_is_taken_is_saturation_not_a_failure() -> None:
+    """The deadline passes mid-auction after busy answers (a short caller timeout):
+    the market is full, which the SDK reports as MarketBusyError (HTTP 429)."""
+    m = BuyerJob(
+        rfq=rfq(),
+        prompt=Prompt(job_id=JOB, prompt="hi"),
+        wallet=new().wallet,
+        config=BuyerConfig(enough_bids=2, job_timeout_s=1.0),
+    )
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(E.RfqDelivered(asked=2), 0.0)
+    m.handle(busy("PA"), 0.05)  # PB has not answered: a direct round, not everyone
+    m.handle(E.DeadlinePassed(), 0.2)  # the window closes: backs off for round 2
+    out = m.handle(E.DeadlinePassed(), 1.0)
+    assert kinds(out) == ["ReportOutcome"] and m.outcome is not None
+    assert m.outcome.reason == "saturated" and "no provider had a free slot" in m.outcome.detail
+
+
+def test_an_award_refused_for_want_of_a_slot_counts_as_busy() -> None:
+    """A runner-up whose bid's hold had ended refuses the failover award ('no free
+    slot'): that is the market being full, so the job queues rather than failing."""
+    m = new(max_rounds=1)
+    m.handle(E.JobSubmitted(), 0.0)
+    out = m.handle(bid("PA"), 0.05) + m.handle(bid("PB"), 0.06)
+    first = next(a for a in out if isinstance(a, A.SendAward)).to
+    err = Error(job_id=JOB, code=ErrorCode.OVERLOADED, message="no free slot")
+    out = m.handle(E.ErrorReceived(sender=first, error=err), 0.1)
+    second = next(a for a in out if isinstance(a, A.SendAward)).to
+    out = m.handle(E.ErrorReceived(sender=second, error=err), 0.2)
+    assert "AwaitCapacity" in kinds(out) and m.state is S.QUEUED
