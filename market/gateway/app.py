@@ -116,6 +116,7 @@ class Backend(Protocol):
         prompt: str | None,
         params: GenerationParams,
         timeout_s: float | None,
+        first_token_timeout_s: float | None = None,
     ) -> JobStream: ...
 
 
@@ -220,13 +221,18 @@ def create_app(backend: Backend, *, default_timeout_s: float | None = None) -> S
                 "model",
                 "model_not_found",
             )
+        # The caller's timeout bounds a plain request whole; for a stream it is a read
+        # timeout, so it bounds the wait for the first token (then the gaps, which the
+        # provider's heartbeats keep short).
+        deadline = job_timeout_s(request.headers, default_timeout_s)
         job = _HeldJob(
             backend.generate(
                 model=req.model,
                 messages=req.messages,
                 prompt=req.prompt,
                 params=req.params,
-                timeout_s=job_timeout_s(request.headers, default_timeout_s),
+                timeout_s=None if req.stream else deadline,
+                first_token_timeout_s=deadline if req.stream else None,
             )
         )
         answer = _Answer(req, chat)

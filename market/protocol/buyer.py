@@ -126,10 +126,15 @@ class BuyerConfig:
     max_rounds: int = 3  # RFQ rounds before giving up
     round_backoff_s: float = 0.5  # × round number
     job_timeout_s: float = 600.0
+    # the first token must come within this (a streaming caller's read timeout: once
+    # tokens flow it waits between them, not for the whole job); None: no such limit
+    start_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.enough_bids < 1 or self.max_rounds < 1:
             raise LocalProtocolError("enough_bids and max_rounds must be >= 1")
+        if self.start_timeout_s is not None and not self.start_timeout_s > 0:
+            raise LocalProtocolError("start_timeout_s must be > 0 (or None)")
         for name in ("accept_timeout_s", "silence_timeout_s", "job_timeout_s"):
             if not getattr(self, name) > 0:
                 raise LocalProtocolError(f"{name} must be > 0")
@@ -286,7 +291,14 @@ class BuyerJob(JobMachine):
         if self.state in TERMINAL or self.state is BuyerState.IDLE:
             return None
         t = self._timer
-        return self._job_deadline if t is None else min(t, self._job_deadline)
+        end = self._deadline()
+        return end if t is None else min(t, end)
+
+    def _deadline(self) -> float:
+        """The job's deadline now: its own, or sooner while no token has come yet."""
+        if self._delivered or self.config.start_timeout_s is None:
+            return self._job_deadline
+        return min(self._job_deadline, self._submitted_at + self.config.start_timeout_s)
 
     # ------------------------------------------------------------- handlers
 
@@ -480,14 +492,14 @@ class BuyerJob(JobMachine):
         return []
 
     def _on_deadline(self, ev: DeadlinePassed, now: float) -> list[Action]:
-        if now >= self._job_deadline and self.state is BuyerState.QUEUED:
+        if now >= self._deadline() and self.state is BuyerState.QUEUED:
             self._dequeue(now)
             return self._fail(
                 BuyerFailure.SATURATED,
                 f"every provider stayed busy; queued {self._queued_s:.1f} s until the deadline",
                 now,
             )
-        if now >= self._job_deadline:
+        if now >= self._deadline():
             out: list[Action] = []
             if self.active is not None:
                 out.append(self._cancel_active("job deadline"))

@@ -199,17 +199,24 @@ class Client:
         *,
         max_price_per_1k: int | None = None,
         timeout_s: float | None = None,
+        first_token_timeout_s: float | None = None,
     ) -> JobHandle:
         """Start a job; iterate the returned handle for chunks (see :class:`JobHandle`).
 
         ``timeout_s`` is the caller's deadline for the whole job, time waiting for a
         free provider included (default: the client's ``machine.job_timeout_s``). When
         every provider stays busy until then, iteration raises :class:`MarketBusyError`.
+        ``first_token_timeout_s`` bounds only the wait for the first token (a streaming
+        caller's read timeout: once tokens flow, it waits between them, not for the end).
         """
         if (messages is None) == (prompt is None):
             raise ValueError("give exactly one of messages and prompt")
-        if timeout_s is not None and not 0 < timeout_s <= 86_400:
-            raise ValueError(f"timeout_s must be in (0, 86400], got {timeout_s!r}")
+        for name, value in (
+            ("timeout_s", timeout_s),
+            ("first_token_timeout_s", first_token_timeout_s),
+        ):
+            if value is not None and not 0 < value <= 86_400:
+                raise ValueError(f"{name} must be in (0, 86400], got {value!r}")
         p = params or GenerationParams()
         ceiling = self.config.max_price_per_1k if max_price_per_1k is None else max_price_per_1k
 
@@ -218,7 +225,15 @@ class Client:
                 outcome: Result | HearthError
                 try:
                     outcome = await self._run(
-                        model, messages, prompt, p, ceiling, out, handle, timeout_s
+                        model,
+                        messages,
+                        prompt,
+                        p,
+                        ceiling,
+                        out,
+                        handle,
+                        timeout_s,
+                        first_token_timeout_s,
                     )
                 except HearthError as exc:
                     outcome = exc
@@ -244,6 +259,7 @@ class Client:
         out: trio.MemorySendChannel[Any],
         handle: JobHandle,
         timeout_s: float | None = None,
+        first_token_timeout_s: float | None = None,
     ) -> Result:
         model_id = await self.resolve_model(model)
         if ceiling is None:
@@ -273,6 +289,8 @@ class Client:
         machine = self.config.machine
         if timeout_s is not None:
             machine = dataclasses.replace(machine, job_timeout_s=timeout_s)
+        if first_token_timeout_s is not None:
+            machine = dataclasses.replace(machine, start_timeout_s=first_token_timeout_s)
         job = BuyerJob(
             rfq=rfq,
             prompt=prompt,

@@ -434,8 +434,23 @@ def gateway(
             show_default=False,
         ),
     ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            max=3600.0,
+            help="A request's deadline in seconds, waiting for a free provider included, "
+            "when its client states none (the openai client states its own); past it the "
+            "answer is 429 with Retry-After. Default: the buyer client's (600 s).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions)."""
+    """Serve an OpenAI-compatible API (/v1/models, /v1/chat/completions, /v1/completions).
+
+    Many requests run at once; when every provider is busy they wait their turn (429 with
+    Retry-After past their deadline). A client that hangs up cancels its job.
+    """
     from functools import partial
 
     import trio
@@ -455,7 +470,9 @@ def gateway(
 
     async def run() -> None:
         async with open_buyer_client(setup) as client, trio.open_nursery() as nursery:
-            bound = await nursery.start(partial(gw.serve_gateway, client, sock=sock))
+            bound = await nursery.start(
+                partial(gw.serve_gateway, client, sock=sock, default_timeout_s=timeout)
+            )
             typer.echo(
                 f"gateway on http://{host}:{bound}/v1 (buyer {client.key.peer_id})", err=True
             )

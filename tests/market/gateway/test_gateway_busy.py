@@ -107,6 +107,19 @@ async def test_the_openai_clients_timeout_header_becomes_the_jobs_deadline() -> 
     assert asked == [20.0 - ANSWER_MARGIN_S] * 2 + [None] * 3  # None: the client's default
 
 
+async def test_for_a_stream_the_timeout_bounds_the_wait_for_the_first_token() -> None:
+    """A stream's read timeout is between reads: it bounds the wait for the first token
+    (queueing included), not the whole stream."""
+    backend = FailingBackend(MarketBusyError("smollm2", "busy", 1.0))
+    async with _client(backend) as client:
+        await client.post(
+            CHAT, json={**BODY, "stream": True}, headers={"x-stainless-read-timeout": "20"}
+        )
+    (call,) = backend.calls
+    assert call["timeout_s"] is None
+    assert call["first_token_timeout_s"] == 20.0 - ANSWER_MARGIN_S
+
+
 async def test_the_gateways_default_deadline_serves_callers_that_state_none() -> None:
     backend = FailingBackend(MarketBusyError("smollm2", "busy", 1.0))
     async with _client(backend, default_timeout_s=42.0) as client:

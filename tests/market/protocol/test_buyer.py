@@ -629,3 +629,24 @@ def test_an_award_refused_for_want_of_a_slot_counts_as_busy() -> None:
     second = next(a for a in out if isinstance(a, A.SendAward)).to
     out = m.handle(E.ErrorReceived(sender=second, error=err), 0.2)
     assert "AwaitCapacity" in kinds(out) and m.state is S.QUEUED
+
+
+def test_a_start_timeout_bounds_the_wait_for_the_first_token_only() -> None:
+    """A streaming caller's read timeout: the first token must come within it; once
+    tokens flow, only the job's own deadline counts."""
+    cfg = BuyerConfig(enough_bids=1, start_timeout_s=2.0, job_timeout_s=600.0)
+    m = BuyerJob(rfq=rfq(), prompt=Prompt(job_id=JOB, prompt="hi"), wallet=new().wallet, config=cfg)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(busy("PA"), 0.05)
+    m.handle(E.DeadlinePassed(), 0.2)
+    assert m.state is S.QUEUED and m.next_deadline() == pytest.approx(2.0)
+    out = m.handle(E.DeadlinePassed(), 2.0)
+    assert m.outcome is not None and m.outcome.reason == "saturated", kinds(out)
+    m = BuyerJob(rfq=rfq(), prompt=Prompt(job_id=JOB, prompt="hi"), wallet=new().wallet, config=cfg)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(bid("PA"), 0.05)
+    m.handle(E.AcceptReceived(sender="PA", accept=Accept(job_id=JOB, provider="PA")), 0.1)
+    m.handle(chunk("PA", 0, chain_genesis(JOB, 0), 0)[0], 1.0)
+    assert m.next_deadline() == pytest.approx(5.0)  # silence timer, no start limit now
+    m.handle(E.HeartbeatReceived(sender="PA", heartbeat=Heartbeat(job_id=JOB, seq=1)), 4.0)
+    assert m.handle(E.DeadlinePassed(), 4.5) == [] and m.state is S.STREAMING
