@@ -185,6 +185,7 @@ class BuyerJob(JobMachine):
         "_busy_seen",
         "_declines",
         "_delivered",
+        "_extended",
         "_failovers",
         "_job_deadline",
         "_left",
@@ -198,6 +199,7 @@ class BuyerJob(JobMachine):
         "_segments",
         "_submitted_at",
         "_timer",
+        "_turn_at",
         "active",
         "config",
         "outcome",
@@ -254,7 +256,11 @@ class BuyerJob(JobMachine):
         self._failovers = 0
         self._refused: dict[str, str] = {}  # providers that called our request bad, and why
         self._awarded_at: float | None = None
-        self._award_s: float | None = None  # auction time of the first award, queue excluded
+        # the first award's auction: from submit, or from the job's last turn in the
+        # queue, to the accept (failed auctions before that turn count as queueing)
+        self._award_s: float | None = None
+        self._turn_at = 0.0
+        self._extended = False  # this round's window was stretched once for late answers
         self._busy_round = 0  # providers that declined as busy this round
         self._busy_seen = False  # some provider was busy during this job
         self._submitted_at = 0.0
@@ -305,6 +311,7 @@ class BuyerJob(JobMachine):
     def _on_submit(self, ev: JobSubmitted, now: float) -> list[Action]:
         self._job_deadline = now + self.config.job_timeout_s
         self._submitted_at = now
+        self._turn_at = now
         budget = cost_of(self.rfq.max_tokens, self.rfq.max_price_per_1k)
         if not self.wallet.reserve(budget):
             return self._fail(
@@ -324,6 +331,7 @@ class BuyerJob(JobMachine):
 
     def _dequeue(self, now: float) -> None:
         self._queued_s += now - self._queued_at
+        self._turn_at = now
 
     def _on_capacity_freed(self, ev: CapacityFreed, now: float) -> list[Action]:
         self._dequeue(now)
@@ -391,7 +399,7 @@ class BuyerJob(JobMachine):
             return self._misbehaved("accept for another job", now)
         if self._awarded_at is None:
             self._awarded_at = now
-            self._award_s = now - self._submitted_at - self._queued_s
+            self._award_s = now - self._turn_at
         self.state = BuyerState.STREAMING
         self._timer = now + self.config.silence_timeout_s
         return []  # the prompt went out with the award
@@ -512,6 +520,17 @@ class BuyerJob(JobMachine):
             return []
         st = self.state
         if st is BuyerState.COLLECTING:
+            if (
+                not self._pool
+                and not self._extended
+                and self._asked is not None
+                and not self._all_answered()
+            ):
+                # asked directly and some have not answered: their answers are on the
+                # way (a loaded box is slow to quote), and a backoff would cost more
+                self._extended = True
+                self._timer = now + self.rfq.bid_window_ms / 1000.0
+                return []
             return self._award_next(now)
         if st is BuyerState.BACKOFF:
             if self._pool:
@@ -546,6 +565,7 @@ class BuyerJob(JobMachine):
 
     def _publish(self, now: float) -> list[Action]:
         self._round += 1
+        self._extended = False
         self._asked = None
         self._answered = set()
         self._busy_round = 0

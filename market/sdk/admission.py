@@ -6,7 +6,8 @@ does not fail (see :class:`~market.protocol.buyer.BuyerJob`): its machine asks t
 is likely free, first come first served, per model:
 
 * one of our own jobs of that model ended (its slot is free now);
-* a job let out before it was placed (the room it found may hold another);
+* one of our jobs of that model was placed: its award released the slots the other
+  bidders held for it, and a job let out before may have found room for another;
 * an offer of that model states free slots;
 * otherwise every ``retry_s``, unless a job let out earlier is still looking.
 
@@ -90,9 +91,10 @@ class AdmissionQueue:
         self._queues.pop(model_id, None)
 
     def placed(self, w: Waiter) -> None:
-        """``w`` was awarded: if it had waited, the next in line may find room too."""
-        if w.woken:
-            w.woken = False
+        """``w`` was awarded: the slots the other bidders held for it are free again, so
+        the next in line may find room."""
+        w.woken = False
+        if self.has(w.job.rfq.model_id):
             self.wake(w.job.rfq.model_id)
 
     def finished(self, model_id: str, seconds: float | None) -> None:

@@ -75,11 +75,14 @@ class Collateral:
         Raises :class:`InsufficientFundsError` when the free balance cannot make up the
         shortfall (nothing is locked then).
         """
-        known = self._cover.get(provider)
-        if known is not None and known[0] >= need and trio.current_time() < known[1]:
-            return known[0]
+        fresh = self._fresh(provider, need)
+        if fresh is not None:
+            return fresh
         lock = self._busy.setdefault(provider, trio.Lock())
         async with lock:  # one top-up per provider at a time; others wait and re-check
+            fresh = self._fresh(provider, need)  # what the task before us read or locked
+            if fresh is not None:
+                return fresh
             cover = await self.chain.run(self.hub.cover, self.buyer, provider, self.token)
             self._remember(provider, cover)
             if cover >= need:
@@ -97,6 +100,13 @@ class Collateral:
             self.locks_sent += 1
             self._remember(provider, cover + amount)
             return cover + amount
+
+    def _fresh(self, provider: bytes, need: int) -> int | None:
+        """The cover we know for ``provider`` if it is recent and enough, else None."""
+        known = self._cover.get(provider)
+        if known is not None and known[0] >= need and trio.current_time() < known[1]:
+            return known[0]
+        return None
 
     def _remember(self, provider: bytes, cover: int) -> None:
         self._cover[provider] = (cover, trio.current_time() + self.max_age_s)

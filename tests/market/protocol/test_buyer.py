@@ -408,7 +408,7 @@ def test_a_full_market_queues_the_job_then_serves_it_when_capacity_frees() -> No
     m.handle(E.CancelRequested(), 5.4)
     assert m.outcome is not None
     assert m.outcome.queued_s == pytest.approx(5.0)
-    assert m.outcome.award_s == pytest.approx(0.3)  # the auctions, not the wait
+    assert m.outcome.award_s == pytest.approx(0.1)  # from its turn, not the wait
 
 
 def test_a_queued_job_past_its_deadline_fails_as_saturated() -> None:
@@ -597,6 +597,25 @@ def test_one_provider_calling_a_request_bad_does_not_make_it_bad() -> None:
             break
         m.handle(E.DeadlinePassed(), t * 1.0)
     assert m.outcome is not None and m.outcome.reason == "providers_exhausted"
+
+
+def test_a_direct_round_waits_once_more_for_answers_on_their_way() -> None:
+    """A loaded provider is slow to quote: a direct round whose window ends with
+    answers missing waits one more window before backing off (cheaper than a backoff
+    and a new round when the answers were only late)."""
+    m = new()
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(E.RfqDelivered(asked=2), 0.0)
+    assert m.handle(E.DeadlinePassed(), 0.2) == [] and m.state is S.COLLECTING
+    assert m.next_deadline() == pytest.approx(0.4)
+    out = m.handle(bid("PA"), 0.3) + m.handle(bid("PB"), 0.35)
+    assert "SendAward" in kinds(out)
+    m = new()
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(E.RfqDelivered(asked=2), 0.0)
+    m.handle(E.DeadlinePassed(), 0.2)
+    m.handle(E.DeadlinePassed(), 0.4)  # once only: then the usual backoff
+    assert m.state is S.BACKOFF
 
 
 def test_time_running_out_while_every_slot_is_taken_is_saturation_not_a_failure() -> None:
