@@ -203,12 +203,16 @@ def test_quoted_machine_defaults_are_the_code(number: str, module: str, cls_name
     said = _quoted_defaults(_section(_text(PAPER), number), cls_name)
     problems = []
     for name, value in code.items():
+        shown = "None" if value is None else f"{value:g}"
         if name not in said:
-            problems.append(f"§{number}: add `{name}={value:g}` to the {cls_name} defaults")
+            problems.append(f"§{number}: add `{name}={shown}` to the {cls_name} defaults")
+        elif value is None or said[name] == "None":
+            if said[name] != shown:
+                problems.append(
+                    f"§{number}: {cls_name}.{name} is {shown}, the paper says {said[name]}"
+                )
         elif float(re.match(r"[\d.]+", said[name]).group()) != float(value):  # type: ignore[union-attr]
-            problems.append(
-                f"§{number}: {cls_name}.{name} is {value:g}, the paper says {said[name]}"
-            )
+            problems.append(f"§{number}: {cls_name}.{name} is {shown}, the paper says {said[name]}")
     for name in said.keys() - code.keys():
         problems.append(f"§{number}: {cls_name} has no field {name}; remove it")
     assert not problems, "\n".join(problems)
