@@ -50,6 +50,7 @@ __all__ = [
     "Sealed",
     "seal",
     "unseal",
+    "unseal_record",
 ]
 
 #: Signature domain separator (versioned, NUL-terminated).
@@ -192,6 +193,17 @@ def unseal(
         created_at_ms=env.created_at_ms,
         expires_at_ms=env.expires_at_ms,
     )
+
+
+def unseal_record(data: bytes) -> Sealed:
+    """Open a *kept* envelope (evidence) as of the moment it was made.
+
+    The signature and the message must hold; the lifetime is judged at the envelope's
+    own ``created_at_ms``, not today's clock, so a record stays checkable after its
+    envelope expired. :class:`RemoteProtocolError` on any fault.
+    """
+    env = decode_frame(data, {_ENV_TAG: Envelope})
+    return unseal(data, now_ms=env.created_at_ms)
 
 
 class ReplayGuard:
