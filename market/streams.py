@@ -39,6 +39,7 @@ __all__ = [
     "now_ms",
     "open_sealed",
     "receive_message",
+    "receive_sealed",
     "sealed",
     "send_message",
 ]
@@ -70,6 +71,19 @@ async def send_message(fs: FramedStream, message: Message, key: SigningKey) -> N
     await fs.send(sealed(message, key))
 
 
+async def receive_sealed(
+    fs: FramedStream, guard: ReplayGuard | None = None, timeout: float | None = None
+) -> tuple[Message, bytes] | None:
+    """Like :func:`receive_message`, with the envelope's bytes (kept as evidence)."""
+    data = await fs.receive(timeout=timeout)
+    if data is None:
+        return None
+    message, sender = open_sealed(data, guard)
+    if fs.peer_id and sender != fs.peer_id:
+        raise RemoteProtocolError(f"envelope signed by {sender}, stream is from {fs.peer_id}")
+    return message, data
+
+
 async def receive_message(
     fs: FramedStream, guard: ReplayGuard | None = None, timeout: float | None = None
 ) -> Message | None:
@@ -79,10 +93,5 @@ async def receive_message(
     someone other than the peer on the other end of the stream; transport failures
     raise :mod:`p2pnode.net.errors` exceptions.
     """
-    data = await fs.receive(timeout=timeout)
-    if data is None:
-        return None
-    message, sender = open_sealed(data, guard)
-    if fs.peer_id and sender != fs.peer_id:
-        raise RemoteProtocolError(f"envelope signed by {sender}, stream is from {fs.peer_id}")
-    return message
+    got = await receive_sealed(fs, guard, timeout)
+    return None if got is None else got[0]

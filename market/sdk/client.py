@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -32,6 +33,7 @@ import trio
 
 from market.config import MarketSection
 from market.ledger import Ledger
+from market.ledger.evidence import EvidenceStore
 from market.protocol import (
     Bid,
     Decline,
@@ -46,6 +48,7 @@ from market.protocol.driver import RFQ_ANSWERS, buyer_event
 from market.protocol.events import (
     Event,
 )
+from market.protocol.evidence import Evidence
 from market.protocol.payments import BuyerWallet
 from market.protocol.signing import SigningKey
 from market.sdk.admission import AdmissionQueue
@@ -87,6 +90,7 @@ class ClientConfig:
     region: str = ""
     machine: BuyerConfig = field(default_factory=BuyerConfig)
     discovery_wait_s: float = 10.0  # how long generate() waits for a model's first offer
+    keep_evidence_s: float = 7 * 86_400.0  # how long each job's evidence stays in the ledger
     max_queued: int = 256  # jobs that may wait per model when every provider is busy
     queue_retry_s: float = 0.5  # a waiting job tries the market again this often
 
@@ -167,6 +171,8 @@ class Client:
         # Jobs that found every provider busy wait here, first come first served.
         self.admission = AdmissionQueue(max_queued=config.max_queued, retry_s=config.queue_retry_s)
         self._guard = ReplayGuard()
+        self._evidence: EvidenceStore | None = None
+        self._kept = 0
         self._offers_seen = trio.Event()
 
     # ----------------------------------------------------------------- market view
@@ -218,6 +224,8 @@ class Client:
             if value is not None and not 0 < value <= 86_400:
                 raise ValueError(f"{name} must be in (0, 86400], got {value!r}")
         p = params or GenerationParams()
+        if p.seed is None:  # every job carries a seed: its tokens can then be re-derived
+            p = dataclasses.replace(p, seed=int.from_bytes(os.urandom(8), "big") >> 1)
         ceiling = self.config.max_price_per_1k if max_price_per_1k is None else max_price_per_1k
 
         async def start(out: trio.MemorySendChannel[Any]) -> None:
@@ -310,6 +318,27 @@ class Client:
         self.admission.finished(model_id, ran if outcome.completed else None)
         retry_after = self.admission.retry_after_s(model_id)
         return result_of(outcome, model_id, prompt_tokens, run, retry_after)
+
+    async def keep_evidence(self, records: list[Evidence]) -> None:
+        """Write a finished job's evidence to the ledger (none kept without a ledger);
+        every hundred records, drop those older than ``keep_evidence_s``."""
+        ledger = self.ledger
+        if ledger is None:
+            return
+        window = self.config.keep_evidence_s
+
+        def write() -> None:
+            if self._evidence is None:
+                self._evidence = EvidenceStore(ledger.db)
+            now = time.time()
+            for ev in records:
+                self._evidence.put(ev, now=now)
+            self._kept += len(records)
+            if self._kept >= 100:
+                self._kept = 0
+                self._evidence.purge(older_than=now - window)
+
+        await trio.to_thread.run_sync(write, limiter=self._ledger_limiter)
 
     def _looking(self, model_id: str) -> bool:
         """A job of ``model_id`` let out of the queue is still running its auction."""

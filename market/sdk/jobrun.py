@@ -18,8 +18,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from market.protocol import (
+    Award,
     Bid,
+    EndOfStream,
+    Prompt,
     RemoteProtocolError,
+    TokenChunk,
     Voucher,
 )
 from market.protocol.actions import (
@@ -33,6 +37,7 @@ from market.protocol.actions import (
     SendVoucher,
 )
 from market.protocol.buyer import BuyerJob
+from market.protocol.codec import encode
 from market.protocol.driver import PROVIDER_STREAM, buyer_event, dispatch_buyer
 from market.protocol.events import (
     BidReceived,
@@ -44,6 +49,7 @@ from market.protocol.events import (
     PeerDisconnected,
     RfqDelivered,
 )
+from market.protocol.evidence import Evidence
 from market.protocol.outcomes import BuyerFailure, BuyerOutcome
 from market.sdk.types import (
     BadRequestError,
@@ -59,6 +65,7 @@ from market.streams import (
     JOB_PROTOCOL,
     RFQ_PROTOCOL,
     receive_message,
+    receive_sealed,
     sealed,
     send_message,
 )
@@ -99,6 +106,13 @@ class JobRun:
         # its bid, when we awarded it, its first chunk (time, tokens) and its last one.
         self.bids: dict[str, Bid] = {}
         self.awarded: dict[str, float] = {}
+        # Evidence, per provider: the prompt we sent it, where its segment began, the
+        # chunks it delivered, and the envelopes it sealed over its chain (by chunk
+        # seq, and "end" for its end of stream).
+        self.prompts: dict[str, bytes] = {}
+        self.offsets: dict[str, int] = {}
+        self.chunks: dict[str, list[tuple[tuple[int, ...], tuple[float, ...]]]] = {}
+        self.frames: dict[str, dict[int | str, bytes]] = {}
         self.first_chunk: dict[str, tuple[float, int]] = {}
         self.last_chunk: dict[str, float] = {}
         self.queued_before = False  # has waited in the admission queue
@@ -145,6 +159,8 @@ class JobRun:
         """Start the winner's session; the award (then the prompt) waits for its stream."""
         self.pending[action.to] = [action.message]
         self.awarded[action.to] = trio.current_time()
+        assert isinstance(action.message, Award)
+        self.offsets[action.to] = action.message.resume_offset
         self._release(except_peer=action.to)
         self.nursery.start_soon(self._provider_session, action)
         self.client.admission.placed(self)
@@ -155,6 +171,7 @@ class JobRun:
             self.first_token_at = now
         self.first_chunk.setdefault(action.provider, (now, len(action.token_ids)))
         self.last_chunk[action.provider] = now
+        self.chunks.setdefault(action.provider, []).append((action.token_ids, action.logprobs))
         self.texts.append(action.text)
         chunk = Chunk(
             text=action.text,
@@ -173,10 +190,44 @@ class JobRun:
     async def report_outcome(self, outcome: BuyerOutcome) -> None:
         self.outcome = outcome
         self._observe(outcome)
+        records = self.evidence(outcome)
+        if records:
+            await self.client.keep_evidence(records)
         for fs in list(self.streams.values()):  # sessions end meanwhile
             with trio.move_on_after(1):
                 with suppress(NetError):
                     await fs.send_end()
+
+    def evidence(self, outcome: BuyerOutcome) -> list[Evidence]:
+        """One record per provider that delivered tokens: what it was sent, what it
+        streamed, and the envelope it sealed over the head of its chain."""
+        out: list[Evidence] = []
+        for seg in outcome.segments:
+            peer = seg.provider
+            chunks = self.chunks.get(peer)
+            prompt = self.prompts.get(peer)
+            if not chunks or prompt is None:
+                continue  # nothing delivered: nothing to prove
+            frames = self.frames.get(peer, {})
+            signed = (
+                frames.get("end") if seg.commitment is not None else frames.get(len(chunks) - 1)
+            )
+            if signed is None:
+                continue
+            out.append(
+                Evidence(
+                    job_id=self.job.job_id,
+                    provider=peer,
+                    model_id=self.job.rfq.model_id,
+                    prompt=prompt,
+                    resume_offset=self.offsets.get(peer, 0),
+                    chunk_sizes=tuple(len(ids) for ids, _ in chunks),
+                    token_ids=tuple(i for ids, _ in chunks for i in ids),
+                    logprobs=tuple(lp for _, lps in chunks for lp in lps),
+                    signed=signed,
+                )
+            )
+        return out
 
     def _observe(self, outcome: BuyerOutcome) -> None:
         """Tell the client's statistics what each provider of this job did.
@@ -295,6 +346,8 @@ class JobRun:
 
     async def send(self, action: Send) -> None:
         """Send ``action.message`` on its provider's job stream (queued while it opens)."""
+        if isinstance(action.message, Prompt):
+            self.prompts[action.to] = encode(action.message)
         queued = self.pending.get(action.to)
         if queued is not None:
             queued.append(action.message)  # the stream is still opening: it sends these first
@@ -357,10 +410,16 @@ class JobRun:
         self.streams[peer] = fs
         for message in queued:
             await send_message(fs, message, self.client.key)
+        frames = self.frames.setdefault(peer, {})
         while True:
-            message = await receive_message(fs, self.client._guard)
-            if message is None:
+            got = await receive_sealed(fs, self.client._guard)
+            if got is None:
                 return
+            message, data = got
+            if isinstance(message, TokenChunk):
+                frames[message.seq] = data
+            elif isinstance(message, EndOfStream):
+                frames["end"] = data
             self.events_in.send_nowait(buyer_event(peer, message, only=PROVIDER_STREAM))
 
 

@@ -207,6 +207,23 @@ async def test_a_provider_killed_while_serving_several_jobs_of_one_buyer(
     for r in results.values():
         assert r.finish_reason in ("stop", "length")
         _exact(r)
+    # The buyer kept a checkable record of every segment, the killed provider's too.
+    from market.ledger import Ledger
+    from market.ledger.evidence import EvidenceStore
+    from market.protocol.evidence import check_record
+
+    ledger = Ledger(market.dir / "buyer" / "buyer-ledger.sqlite")
+    try:
+        store = EvidenceStore(ledger.db)
+        for r in moved:
+            rows = store.for_job(r.job_id)
+            assert [row.evidence.provider for row in rows] == [s.peer_id for s in r.shares]
+            assert sum((row.evidence.token_ids for row in rows), ()) == r.token_ids
+            for row in rows:
+                assert check_record(row.evidence) == [], row.evidence.provider
+                assert row.evidence.prompt_message().params.seed is not None
+    finally:
+        ledger.close()
 
 
 def test_settlement_matches_both_ledgers_with_concurrent_jobs(market: LocalMarket) -> None:
