@@ -10,7 +10,17 @@ from __future__ import annotations
 import typer
 
 from bootstrap import cli as bootstrap_cli
-from p2pnode.cli import chain, collateral, identity, market, net, power, serving, sim
+from p2pnode.cli import (
+    chain,
+    collateral,
+    identity,
+    market,
+    net,
+    power,
+    serving,
+    sim,
+    verify,
+)
 
 app = typer.Typer(
     name="hearth",
@@ -29,7 +39,18 @@ bench = typer.Typer(
 )
 app.add_typer(bench, name="bench")
 
-for _area in (identity, serving, chain, sim, bootstrap_cli, net, market, collateral, power):
+for _area in (
+    identity,
+    serving,
+    chain,
+    sim,
+    bootstrap_cli,
+    net,
+    market,
+    collateral,
+    power,
+    verify,
+):
     _area.register(app, bench)
 
 
