@@ -615,6 +615,10 @@ class BuyerJob(JobMachine):
             # every provider heard us (gossip, or all we know were asked) and the busy
             # ones are full: the market has the model but no slot now, so wait for one
             return self._enqueue(now)
+        if self._round >= self.config.max_rounds and self._busy_seen:
+            # out of rounds, but providers were busy during this job rather than broken:
+            # wait for a slot (until the deadline) instead of failing
+            return self._enqueue(now)
         if self._round >= self.config.max_rounds:
             if self._bids == 0:
                 n = len(self._declines)

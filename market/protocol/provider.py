@@ -230,6 +230,11 @@ class ProviderJob(JobMachine):
         return self.state is ProviderState.DONE
 
     @property
+    def holds_slot(self) -> bool:
+        """True while this job holds one of the node's slots (its bid's, or its own)."""
+        return self._holds_slot
+
+    @property
     def unpaid_chunks(self) -> int:
         """Chunks sent whose cost the buyer's vouchers do not cover yet."""
         return len(self._chunk_cum) - self._paid_chunks
@@ -275,6 +280,7 @@ class ProviderJob(JobMachine):
             chunk_tokens=decision.chunk_tokens,
             credit_chunks=decision.credit_chunks,
             free_slots=decision.free_slots,
+            dtype=ev.status.dtype,
         )
         self.state = ProviderState.BID_SENT
         self._timer = now + self.config.bid_ttl_s

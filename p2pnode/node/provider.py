@@ -23,6 +23,7 @@ from market.protocol import (
     Award,
     Decline,
     DeclineReason,
+    Prompt,
     RemoteProtocolError,
     ReplayGuard,
     Rfq,
@@ -75,7 +76,7 @@ from p2pnode.net.ratelimit import PeerRateLimiter, RateLimit
 from p2pnode.node.cover import CoverCache
 from p2pnode.serving import BadRequestError, GenerationRequest, ServingBackend
 
-__all__ = ["ProviderService", "ProviderStats"]
+__all__ = ["ProviderService", "ProviderStats", "generation_request"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class ProviderService:
         covers: CoverCache | None = None,
         rfq_limit: RateLimit | None = None,
         max_open_bids: int = 4096,
+        max_held_share: float = 0.5,
     ) -> None:
         self.net = net
         self.key = key
@@ -141,6 +143,8 @@ class ProviderService:
         # gets a token bucket, checked before either (drops in rfq_limiter.stats)
         self.rfq_limiter = PeerRateLimiter(rfq_limit)
         self.max_open_bids = max_open_bids
+        # at most this share of our slots held by one buyer's bids not (yet) awarded
+        self.max_held_share = max_held_share
         self._guard = ReplayGuard()
         self._sessions: dict[bytes, _JobSession] = {}
 
@@ -162,6 +166,7 @@ class ProviderService:
             price_multiplier=base.price_multiplier,
             ttft_ms=base.ttft_ms,
             rated_tokens_per_s=base.rated_tokens_per_s,
+            dtype=base.dtype,
         )
 
     async def in_ledger(self, write: Callable[[Ledger], object]) -> None:
@@ -332,6 +337,21 @@ class ProviderService:
     async def _quote(self, rfq: Rfq) -> SendBid | SendDecline:
         """Run the bid policy on ``rfq``: the bid (remembered until awarded) or a decline."""
         self.stats.rfqs_seen += 1
+        held = sum(
+            1 for j in self._bids.values() if j.holds_slot and j.rfq and j.rfq.buyer == rfq.buyer
+        )
+        status = self.status()
+        cap = max(1, math.ceil(status.capacity * self.max_held_share))
+        if held >= cap:  # one buyer may not pin more of our slots with bids it has not awarded
+            self.stats.declines += 1
+            self.stats.declines_by_reason["held_by_buyer"] += 1
+            decline = Decline(
+                job_id=rfq.job_id,
+                provider=self.key.peer_id,
+                reason=DeclineReason.BUSY,
+                detail=f"your open bids already hold {held} of our {status.capacity} slots",
+            )
+            return SendDecline(to=rfq.buyer, message=decline)
         if self.covers is not None:
             with suppress(Exception):  # unreachable chain: vouchers are checked again later
                 await self.covers.ensure(rfq.buyer_address)
@@ -342,7 +362,7 @@ class ProviderService:
             book=self.book,
             config=self.config,
         )
-        actions = job.handle(RfqReceived(rfq=rfq, status=self.status()), trio.current_time())
+        actions = job.handle(RfqReceived(rfq=rfq, status=status), trio.current_time())
         self._bid_actions(actions)
         answer = next(a for a in actions if isinstance(a, SendBid | SendDecline))
         if isinstance(answer, SendBid):
@@ -391,6 +411,26 @@ class ProviderService:
             self.stats.jobs_failed += 1
         self.stats.tokens_served += outcome.tokens_sent
         self.stats.earned += outcome.paid
+
+
+def generation_request(p: Prompt, max_new_tokens: int) -> GenerationRequest:
+    """The engine request for a wire :class:`Prompt` (a job, or one being verified)."""
+    return GenerationRequest(
+        messages=[{"role": m.role, "content": m.content} for m in p.messages]
+        if p.messages is not None
+        else None,
+        prompt=p.prompt,
+        resume_token_ids=p.resume_token_ids,
+        max_tokens=len(p.resume_token_ids) + max_new_tokens,
+        temperature=p.params.temperature,
+        top_p=p.params.top_p,
+        top_k=p.params.top_k,
+        stop=p.params.stop,
+        seed=p.params.seed,
+        logprobs=True,
+        top_logprobs=p.params.logprobs_top_k,
+        request_id=p.job_id.hex(),
+    )
 
 
 class _JobSession:
@@ -517,23 +557,7 @@ class _JobSession:
         )
 
     async def _generate(self, start: StartGeneration) -> None:
-        p = start.prompt
-        request = GenerationRequest(
-            messages=[{"role": m.role, "content": m.content} for m in p.messages]
-            if p.messages is not None
-            else None,
-            prompt=p.prompt,
-            resume_token_ids=p.resume_token_ids,
-            max_tokens=len(p.resume_token_ids) + start.max_new_tokens,
-            temperature=p.params.temperature,
-            top_p=p.params.top_p,
-            top_k=p.params.top_k,
-            stop=p.params.stop,
-            seed=p.params.seed,
-            logprobs=True,
-            top_logprobs=p.params.logprobs_top_k,
-            request_id=p.job_id.hex(),
-        )
+        request = generation_request(start.prompt, start.max_new_tokens)
         with trio.CancelScope() as scope:
             self.generation = scope
             try:

@@ -669,3 +669,15 @@ def test_a_start_timeout_bounds_the_wait_for_the_first_token_only() -> None:
     assert m.next_deadline() == pytest.approx(5.0)  # silence timer, no start limit now
     m.handle(E.HeartbeatReceived(sender="PA", heartbeat=Heartbeat(job_id=JOB, seq=1)), 4.0)
     assert m.handle(E.DeadlinePassed(), 4.5) == [] and m.state is S.STREAMING
+
+
+def test_out_of_rounds_after_busy_answers_the_job_waits_instead_of_failing() -> None:
+    """A direct round (not everyone asked) met a busy provider, later rounds heard
+    nothing: the market was busy, not broken, so the job queues until its deadline."""
+    m = new(max_rounds=1)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(E.RfqDelivered(asked=2), 0.0)
+    m.handle(busy("PA"), 0.05)
+    m.handle(E.DeadlinePassed(), 0.2)  # the window stretches once for PB
+    out = m.handle(E.DeadlinePassed(), 0.4)
+    assert kinds(out) == ["AwaitCapacity"] and m.state is S.QUEUED
