@@ -33,9 +33,11 @@ from p2pnode.net.framing import FramedStream
 
 __all__ = [
     "BID_PROTOCOL",
+    "EVIDENCE_PROTOCOL",
     "JOB_PROTOCOL",
     "OFFER_PROTOCOL",
     "RFQ_PROTOCOL",
+    "SCORE_PROTOCOL",
     "now_ms",
     "open_sealed",
     "receive_message",
@@ -48,6 +50,8 @@ BID_PROTOCOL = "/hearth/bid/1"
 JOB_PROTOCOL = "/hearth/job/1"
 RFQ_PROTOCOL = "/hearth/rfq/1"
 OFFER_PROTOCOL = "/hearth/offer/1"
+SCORE_PROTOCOL = "/hearth/score/1"  # verification jobs: re-score a completion, paid per token
+EVIDENCE_PROTOCOL = "/hearth/evidence/1"  # fetch the evidence a fraud report names
 
 
 def now_ms() -> int:

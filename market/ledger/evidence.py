@@ -17,6 +17,7 @@ from market.protocol.evidence import Evidence
 __all__ = ["EvidenceRow", "EvidenceStore"]
 
 _TABLE = "evidence"
+_DISTRUST = "distrusted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,10 @@ class EvidenceStore:
             )
             db[_TABLE].create_index(["job_id"])
             db[_TABLE].create_index(["created_at"])
+        if _DISTRUST not in db.table_names():
+            db[_DISTRUST].create(
+                {"provider": str, "reason": str, "evidence": str, "since": float}, pk="provider"
+            )
 
     def put(self, ev: Evidence, *, now: float) -> str:
         """Keep ``ev``; returns its digest (hex). Keeping it twice changes nothing."""
@@ -109,3 +114,18 @@ class EvidenceStore:
             f" FROM {_TABLE}"
         ).fetchone()
         return int(row[0]), int(row[1]), int(row[2])
+
+    def distrust(self, provider: str, reason: str, *, evidence: str, now: float) -> None:
+        """Route around ``provider`` from now on (it survives restarts)."""
+        self.db[_DISTRUST].upsert(
+            {"provider": provider, "reason": reason[:500], "evidence": evidence, "since": now},
+            pk="provider",
+        )
+
+    def trust_again(self, provider: str) -> None:
+        """Lift :meth:`distrust` (a second verifier did not confirm the first)."""
+        self.db.execute(f"DELETE FROM {_DISTRUST} WHERE provider = ?", [provider])
+
+    def distrusted(self) -> dict[str, str]:
+        """Every provider routed around, with why."""
+        return {str(r["provider"]): str(r["reason"]) for r in self.db[_DISTRUST].rows}

@@ -1,7 +1,7 @@
 """Evidence of what a provider delivered: a compact record anyone can check.
 
-A buyer keeps, per provider segment of a job, what that provider signed: the
-prompt it was sent (the wire :class:`~market.protocol.messages.Prompt`, sampling
+A buyer keeps, per provider segment of a job, what that provider signed: its bid
+(its terms, and the precision it said it computes in), the prompt it was sent (the wire :class:`~market.protocol.messages.Prompt`, sampling
 parameters and seed included), the tokens and the fp32 logprobs it streamed, how they
 were chunked, and one envelope it sealed that carries the head of its result chain
 (its :class:`~market.protocol.messages.EndOfStream`, or its last
@@ -11,8 +11,8 @@ that one signature binds the provider to all of them: :func:`check_record` recom
 the chain from the record and compares it with the signed head, so a third party
 needs only the record and nothing from the buyer's word.
 
-Size: 8 bytes per token (u32 id, f32 logprob), 2 per chunk, plus the prompt and one
-envelope (about 250 bytes) per segment (:meth:`Evidence.size`).
+Size: 8 bytes per token (u32 id, f32 logprob), 2 per chunk, plus the prompt and two
+envelopes (about 250 bytes each) per segment (:meth:`Evidence.size`).
 
 Pure: no I/O, no clock; the ledger stores :meth:`Evidence.encode`.
 """
@@ -29,11 +29,11 @@ from market.protocol.codec import decode
 from market.protocol.commitment import chain_genesis, chain_link
 from market.protocol.envelope import unseal_record
 from market.protocol.errors import LocalProtocolError, RemoteProtocolError
-from market.protocol.messages import EndOfStream, Prompt, TokenChunk
+from market.protocol.messages import Bid, EndOfStream, Prompt, TokenChunk
 
 __all__ = ["Evidence", "check_record"]
 
-_VERSION = 1
+_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +49,7 @@ class Evidence:
     token_ids: tuple[int, ...]
     logprobs: tuple[float, ...]
     signed: bytes  # the provider's sealed EndOfStream, or its last TokenChunk
+    bid: bytes  # the provider's sealed Bid for the job (its stated dtype among its terms)
 
     def __post_init__(self) -> None:
         if len(self.job_id) != 16:
@@ -72,6 +73,7 @@ class Evidence:
             struct.pack(f">{n}I", *self.token_ids),
             struct.pack(f">{n}f", *self.logprobs),
             self.signed,
+            self.bid,
         ]
         out = msgpack.packb(body, use_bin_type=True)
         assert isinstance(out, bytes)
@@ -82,7 +84,7 @@ class Evidence:
         """Read :meth:`encode`'s bytes; :class:`RemoteProtocolError` if they are not a record."""
         try:
             body = msgpack.unpackb(data, raw=False)
-            version, job_id, provider, model_id, prompt, offset, sizes, ids, lps, signed = body
+            version, job_id, provider, model_id, prompt, offset, sizes, ids, lps, signed, bid = body
             if version != _VERSION:
                 raise ValueError(f"evidence version {version}")
             return cls(
@@ -95,6 +97,7 @@ class Evidence:
                 token_ids=struct.unpack(f">{len(ids) // 4}I", ids),
                 logprobs=struct.unpack(f">{len(lps) // 4}f", lps),
                 signed=signed,
+                bid=bid,
             )
         except (ValueError, TypeError, struct.error, LocalProtocolError) as e:
             raise RemoteProtocolError(f"not an evidence record: {e}") from None
@@ -109,6 +112,11 @@ class Evidence:
         if not isinstance(message, Prompt) or message.job_id != self.job_id:
             raise RemoteProtocolError("evidence prompt is not this job's Prompt")
         return message
+
+    def claimed_dtype(self) -> str:
+        """The precision the provider's signed bid stated ("" if it stated none)."""
+        message = unseal_record(self.bid).message
+        return message.dtype if isinstance(message, Bid) else ""
 
     def size(self) -> int:
         """Bytes of the encoded record."""
@@ -142,6 +150,14 @@ def check_record(ev: Evidence) -> list[str]:
         ev.prompt_message()
     except RemoteProtocolError as e:
         problems.append(e.reason)
+    try:
+        bid = unseal_record(ev.bid)
+        if bid.sender != ev.provider or not isinstance(bid.message, Bid):
+            problems.append("the bid is not this provider's Bid")
+        elif bid.message.job_id != ev.job_id:
+            problems.append("the bid is for another job")
+    except RemoteProtocolError as e:
+        problems.append(f"signed bid does not verify: {e.reason}")
     h = chain_genesis(ev.job_id, ev.resume_offset)
     at = 0
     for seq, n in enumerate(ev.chunk_sizes):

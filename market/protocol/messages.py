@@ -43,7 +43,10 @@ __all__ = [
     "Error",
     "ErrorCode",
     "EthAddress",
+    "EvidenceRecord",
+    "EvidenceRequest",
     "FinishReason",
+    "FraudReport",
     "GpuInfo",
     "Hash32",
     "Heartbeat",
@@ -57,6 +60,8 @@ __all__ = [
     "Prompt",
     "Rfq",
     "SamplingParams",
+    "ScoreRequest",
+    "ScoreResult",
     "TokenChunk",
     "Voucher",
     "cost_of",
@@ -262,6 +267,9 @@ class Bid(Message):
     chunk_tokens: ChunkTokens
     credit_chunks: CreditChunks
     free_slots: U32 = 0  # slots still free once this bid's own slot is held for it
+    # the precision it computes in ("float32", "bfloat16"…; "" = unstated): a signed
+    # claim its outputs are judged against (verification tolerates only that much)
+    dtype: Annotated[str, Size(0, 32)] = ""
 
 
 @register("decline")
@@ -395,3 +403,87 @@ class Heartbeat(Message):
 
     job_id: JobId
     seq: U32
+
+
+# ------------------------------------------------------------- verification jobs
+
+#: The most completion tokens one verification job re-scores (its answer fits a frame).
+MAX_SCORED = 2048
+#: A non-negative finite float (nats or probability mass).
+NonNegative = Annotated[float, Range(0.0, 1e9)]
+
+
+@register("score_req")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoreRequest(Message):
+    """A buyer asks a provider holding the same model to re-score a completion.
+
+    ``prompt`` is the checked job's encoded :class:`Prompt` (sampling parameters and
+    seed included); ``token_ids`` the completion, from its first token (a resumed
+    prefix included). Paid per scored token after the answer (a :class:`Voucher` for
+    ``job_id`` on the verifier's stream).
+    """
+
+    job_id: JobId  # this verification's own id
+    buyer_address: EthAddress  # whose channel pays for it
+    model_id: ModelId
+    prompt: Annotated[bytes, Size(1, 1_000_000)]
+    token_ids: Annotated[tuple[TokenId, ...], Size(1, MAX_SCORED)]
+    top_n: Annotated[int, Range(0, 20)] = 5
+    max_price_per_1k: Amount
+
+
+@register("score")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoreResult(Message):
+    """The verifier's one teacher-forced pass, per completion position (see
+    :class:`market.protocol.verify.Rescore`), and its price for the job."""
+
+    job_id: JobId
+    model_id: ModelId  # the model the verifier ran (its content address)
+    dtype: Annotated[str, Size(1, 32)]
+    sampler: Annotated[str, Size(1, 64)]
+    prompt_tokens: U32
+    price_per_1k: Amount
+    logprobs: Annotated[tuple[LogProb, ...], Size(1, MAX_SCORED)]
+    top_ids: Annotated[tuple[Annotated[tuple[TokenId, ...], Size(0, 20)], ...], Size(1, MAX_SCORED)]
+    top_logprobs: Annotated[
+        tuple[Annotated[tuple[LogProb, ...], Size(0, 20)], ...], Size(1, MAX_SCORED)
+    ]
+    choice: Annotated[tuple[TokenId, ...], Size(1, MAX_SCORED)]
+    margin: Annotated[tuple[NonNegative, ...], Size(1, MAX_SCORED)]
+    outside_k: Annotated[tuple[NonNegative, ...], Size(1, MAX_SCORED)]
+    outside_p: Annotated[tuple[NonNegative, ...], Size(1, MAX_SCORED)]
+
+
+@register("fraud")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FraudReport(Message):
+    """A buyer's signed claim (gossip) that a provider's output failed verification
+    twice, by independent verifiers. Nobody acts on it alone: a reader fetches the
+    evidence named by ``evidence`` (sha256 of the record) from ``reporter`` and checks
+    it itself."""
+
+    provider: PeerIdStr  # the provider reported
+    model_id: ModelId
+    evidence: Hash32
+    reporter: PeerIdStr
+    verifiers: Annotated[tuple[PeerIdStr, ...], Size(2, 8)]
+    verdict: Annotated[str, Size(1, 300)]
+
+
+@register("evidence_req")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvidenceRequest(Message):
+    """Ask a reporter for the evidence record a fraud report names."""
+
+    evidence: Hash32
+
+
+@register("evidence")
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvidenceRecord(Message):
+    """The encoded :class:`market.protocol.evidence.Evidence` record asked for."""
+
+    evidence: Hash32
+    record: Annotated[bytes, Size(1, 1_000_000)]

@@ -51,6 +51,7 @@ class ProviderStatus:
     ttft_ms: float | None = None  # measured time to first token (None: not measured yet)
     # the box's tokens/s over a full batch, measured once at warm-up (None: not yet)
     rated_tokens_per_s: float | None = None
+    dtype: str = ""  # the precision its engine computes in (stated in bids)
 
     def __post_init__(self) -> None:
         if self.capacity < 0 or self.active_jobs < 0 or self.queued < 0 or self.max_queue < 0:

@@ -52,6 +52,7 @@ from market.protocol.evidence import Evidence
 from market.protocol.payments import BuyerWallet
 from market.protocol.signing import SigningKey
 from market.sdk.admission import AdmissionQueue
+from market.sdk.audit import Audit, fraud_check
 from market.sdk.catalog import Catalog
 from market.sdk.collateral import Collateral
 from market.sdk.jobrun import JobRun, result_of
@@ -67,13 +68,15 @@ from market.sdk.types import (
 )
 from market.streams import (
     BID_PROTOCOL,
+    EVIDENCE_PROTOCOL,
     OFFER_PROTOCOL,
     open_sealed,
     receive_message,
+    receive_sealed,
 )
 from p2pnode.net import NetError, NodeNet
 from p2pnode.net.framing import FramedStream
-from p2pnode.net.pubsub import GossipMessage, offers_topic
+from p2pnode.net.pubsub import GossipMessage, fraud_topic, offers_topic
 
 __all__ = ["Client", "ClientConfig", "JobHandle", "open_client"]
 
@@ -91,6 +94,8 @@ class ClientConfig:
     machine: BuyerConfig = field(default_factory=BuyerConfig)
     discovery_wait_s: float = 10.0  # how long generate() waits for a model's first offer
     keep_evidence_s: float = 7 * 86_400.0  # how long each job's evidence stays in the ledger
+    verify_rate: float = 0.05  # share of jobs re-scored by another provider (in the background)
+    verify_first: int = 3  # a provider's first jobs with us are always verified
     max_queued: int = 256  # jobs that may wait per model when every provider is busy
     queue_retry_s: float = 0.5  # a waiting job tries the market again this often
 
@@ -160,6 +165,7 @@ class Client:
         self.collateral = collateral  # None: no chain (a simulated or test market)
         self._ledger_limiter = trio.CapacityLimiter(1)  # one thread at a time per connection
         self.unstaked_bids = 0
+        self.distrusted_bids = 0  # bids ignored from providers whose work failed verification
         self.rfq_rounds: Counter[str] = Counter()  # RFQ rounds put out, "direct" / "gossip"
         self.key = key
         self.wallet = wallet
@@ -173,6 +179,7 @@ class Client:
         self._guard = ReplayGuard()
         self._evidence: EvidenceStore | None = None
         self._kept = 0
+        self.audit = Audit(self)  # sampled verification of what we bought, and its consequences
         self._offers_seen = trio.Event()
 
     # ----------------------------------------------------------------- market view
@@ -321,9 +328,11 @@ class Client:
 
     async def keep_evidence(self, records: list[Evidence]) -> None:
         """Write a finished job's evidence to the ledger (none kept without a ledger);
-        every hundred records, drop those older than ``keep_evidence_s``."""
+        every hundred records, drop those older than ``keep_evidence_s``; then let the
+        audit sample them for verification."""
         ledger = self.ledger
         if ledger is None:
+            self.audit.consider(records)
             return
         window = self.config.keep_evidence_s
 
@@ -339,6 +348,7 @@ class Client:
                 self._evidence.purge(older_than=now - window)
 
         await trio.to_thread.run_sync(write, limiter=self._ledger_limiter)
+        self.audit.consider(records)
 
     def _looking(self, model_id: str) -> bool:
         """A job of ``model_id`` let out of the queue is still running its auction."""
@@ -348,11 +358,15 @@ class Client:
     async def _bid_event(self, peer: str, message: Message | None) -> Event | None:
         """``peer``'s answer to an RFQ as an event for the job (``None``: not to be routed).
 
-        Only staked providers' bids count (Sybil resistance).
+        Only staked providers' bids count (Sybil resistance), and none from a provider
+        whose work failed verification (:class:`~market.sdk.audit.Audit`).
         """
         if message is None:
             raise RemoteProtocolError("the stream ended before a Bid or Decline")
         event = buyer_event(peer, message, region=self.catalog.region_of(peer), only=RFQ_ANSWERS)
+        if isinstance(message, Bid) and self.audit.distrusts(peer) is not None:
+            self.distrusted_bids += 1
+            return None
         if (
             isinstance(message, Bid)
             and self.stake_check is not None
@@ -365,12 +379,13 @@ class Client:
     async def _on_bid_stream(self, fs: FramedStream) -> None:
         """A provider's answer to a gossiped RFQ; a bid's stream is held like a direct one
         (the award goes on it, or ending it tells the provider "not awarded")."""
-        message = await receive_message(fs, self._guard, timeout=5)
+        got = await receive_sealed(fs, self._guard, timeout=5)
+        message, frame = got if got is not None else (None, b"")
         event = await self._bid_event(fs.peer_id, message)
         assert isinstance(message, Bid | Decline)
         run = self._jobs.get(message.job_id)
         if run is not None and event is not None:
-            await run.route_answer(fs.peer_id, fs, event)
+            await run.route_answer(fs.peer_id, fs, event, frame)
 
     async def _watch_offers(self, channel: trio.MemoryReceiveChannel[GossipMessage]) -> None:
         async for msg in channel:
@@ -447,6 +462,10 @@ async def open_client(
             collateral=collateral,
         )
         net.set_handler(BID_PROTOCOL, client._on_bid_stream)
+        net.set_handler(EVIDENCE_PROTOCOL, client.audit.serve_evidence)
+        await client.audit.load()
+        reports = await net.subscribe(fraud_topic(), check=fraud_check)
+        nursery.start_soon(client.audit.watch_reports, reports)
         offers = await net.subscribe(offers_topic(), check=_offer_check)
         nursery.start_soon(client._watch_offers, offers)
         nursery.start_soon(client._pull_offers)

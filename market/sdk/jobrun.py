@@ -64,7 +64,6 @@ from market.sdk.types import (
 from market.streams import (
     JOB_PROTOCOL,
     RFQ_PROTOCOL,
-    receive_message,
     receive_sealed,
     sealed,
     send_message,
@@ -113,6 +112,7 @@ class JobRun:
         self.offsets: dict[str, int] = {}
         self.chunks: dict[str, list[tuple[tuple[int, ...], tuple[float, ...]]]] = {}
         self.frames: dict[str, dict[int | str, bytes]] = {}
+        self.bid_frames: dict[str, bytes] = {}
         self.first_chunk: dict[str, tuple[float, int]] = {}
         self.last_chunk: dict[str, float] = {}
         self.queued_before = False  # has waited in the admission queue
@@ -212,7 +212,8 @@ class JobRun:
             signed = (
                 frames.get("end") if seg.commitment is not None else frames.get(len(chunks) - 1)
             )
-            if signed is None:
+            bid = self.bid_frames.get(peer)
+            if signed is None or bid is None:
                 continue
             out.append(
                 Evidence(
@@ -225,6 +226,7 @@ class JobRun:
                     token_ids=tuple(i for ids, _ in chunks for i in ids),
                     logprobs=tuple(lp for _, lps in chunks for lp in lps),
                     signed=signed,
+                    bid=bid,
                 )
             )
         return out
@@ -306,16 +308,19 @@ class JobRun:
             async with client.net.open_stream(peer, RFQ_PROTOCOL, timeout=window) as fs:
                 t0 = trio.current_time()
                 await fs.send(data)
-                message = await receive_message(fs, client._guard, timeout=window)
+                got = await receive_sealed(fs, client._guard, timeout=window)
                 client.reputation.observe_rtt(peer, trio.current_time() - t0)
+                message, frame = got if got is not None else (None, b"")
                 event = await client._bid_event(peer, message)
                 if event is not None:
-                    await self.route_answer(peer, fs, event)
+                    await self.route_answer(peer, fs, event, frame)
         except (NetError, RemoteProtocolError) as exc:
             client.reputation.note_failure(peer, str(exc))
 
-    async def route_answer(self, peer: str, fs: FramedStream, event: Event) -> None:
+    async def route_answer(self, peer: str, fs: FramedStream, event: Event, frame: bytes) -> None:
         """Hand a bid or decline to the job; hold a bidder's stream until we award.
+
+        ``frame`` is the sealed answer as it came (a bid's is kept as evidence).
 
         The award goes on the winner's held stream; ending the others' tells those
         providers "not awarded", and they free the slots their bids hold at once.
@@ -324,6 +329,7 @@ class JobRun:
             self.events_in.send_nowait(event)
             return
         self.bids[peer] = event.bid
+        self.bid_frames[peer] = frame
         released = trio.Event()
         self.held[peer] = (fs, released)
         try:

@@ -49,6 +49,7 @@ __all__ = [
     "HardenedPubsub",
     "PayloadCheck",
     "build_gossipsub",
+    "fraud_topic",
     "make_validator",
     "offers_topic",
     "rfq_topic",
@@ -74,6 +75,11 @@ def offers_topic(model_id: str | None = None) -> str:
     if model_id is None:
         return f"{TOPIC_PREFIX}/offers"
     return f"{TOPIC_PREFIX}/offers/{_checked_model_id(model_id)}"
+
+
+def fraud_topic() -> str:
+    """Topic of fraud reports: a buyer's claim, never acted on without re-checking."""
+    return f"{TOPIC_PREFIX}/fraud"
 
 
 def rfq_topic(model_id: str) -> str:

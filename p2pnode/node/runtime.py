@@ -34,15 +34,17 @@ from market.protocol import ModelOffer, Offer
 from market.protocol.payments import ChannelTerms, VoucherBook
 from market.protocol.policy import CostPlusPolicy, ProviderStatus
 from market.protocol.provider import ProviderConfig
-from market.streams import OFFER_PROTOCOL, sealed
+from market.streams import OFFER_PROTOCOL, SCORE_PROTOCOL, sealed
 from market.vouchers import from_stored
 from p2pnode.net import NetConfig, NodeNet, open_node_host
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.pubsub import offers_topic
+from p2pnode.net.ratelimit import PeerRateLimiter
 from p2pnode.node.cover import CoverCache
 from p2pnode.node.dashboard import serve_dashboard
 from p2pnode.node.hardware import detect_gpus
 from p2pnode.node.provider import ProviderService
+from p2pnode.node.scoring import ScoringService
 from p2pnode.node.telemetry import Telemetry
 from p2pnode.power import PowerPolicy
 from p2pnode.power.service import PowerService, run_power
@@ -227,6 +229,7 @@ async def run_node(
             price_multiplier=max(1.0, policy.price_multiplier) if policy else 1.0,
             ttft_ms=speed.ttft_ms,
             rated_tokens_per_s=node.rated_tokens_per_s,
+            dtype=engine.dtype if engine.plan is not None else "",
         )
 
     drain = trio.Event()
@@ -276,6 +279,17 @@ async def run_node(
                 )
             )
             net.set_handler(OFFER_PROTOCOL, _offer_handler(node, model, model_hex, gpus))
+            scoring = ScoringService(  # verification jobs for buyers checking others
+                engine=engine,
+                key=ident.signing_key(),
+                model_id=model_hex,
+                book=book,
+                price_per_1k=lambda: service.policy.price_per_1k(service.status()),
+                in_ledger=service.in_ledger,
+                fresh_cover=service.fresh_cover,
+                limiter=PeerRateLimiter(),
+            )
+            net.set_handler(SCORE_PROTOCOL, scoring.handle)
             await nursery.start(service.run)
             nursery.start_soon(_publish_offers, node, net, model, model_hex, gpus)
             nursery.start_soon(_watch_signals, drain)

@@ -206,6 +206,12 @@ class Engine:
         return self.speed()
 
     @property
+    def dtype(self) -> str:
+        """The precision the model computes in ("float32", "bfloat16"…)."""
+        assert self.plan is not None, "engine not started"
+        return str(self.plan.dtype).removeprefix("torch.")
+
+    @property
     def max_len(self) -> int:
         """Longest sequence (prompt + completion) one request may reach."""
         assert self.plan is not None, "engine not started"
@@ -496,7 +502,7 @@ class Engine:
             raise EngineError(f"rescoring failed: {r!r}") from r
         return Rescore(
             model_id=self.model_id,
-            dtype=str(self.plan.dtype).removeprefix("torch."),
+            dtype=self.dtype,
             sampler=SAMPLER_ID,
             prompt_tokens=len(prompt_ids),
             token_ids=tuple(int(t) for t in completion_ids),

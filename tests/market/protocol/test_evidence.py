@@ -12,7 +12,7 @@ from market.protocol.commitment import chain_genesis, chain_link
 from market.protocol.envelope import seal
 from market.protocol.errors import RemoteProtocolError
 from market.protocol.evidence import Evidence, check_record
-from market.protocol.messages import EndOfStream, Prompt, SamplingParams, TokenChunk
+from market.protocol.messages import Bid, EndOfStream, Prompt, SamplingParams, TokenChunk
 from market.protocol.signing import SigningKey
 
 JOB = bytes(range(16))
@@ -42,6 +42,17 @@ def record(key: SigningKey = PROVIDER, *, end: bool = True, now_ms: int = 1_000)
         )
     )
     signed = seal(msg, key=key, now_ms=now_ms, rng=os.urandom)
+    bid = Bid(
+        job_id=JOB,
+        provider=PROVIDER.peer_id,
+        provider_address=b"\x01" * 20,
+        price_per_1k=10,
+        est_ttft_ms=100,
+        est_tokens_per_s=20.0,
+        chunk_tokens=4,
+        credit_chunks=1,
+        dtype="float32",
+    )
     return Evidence(
         job_id=JOB,
         provider=PROVIDER.peer_id,
@@ -52,6 +63,7 @@ def record(key: SigningKey = PROVIDER, *, end: bool = True, now_ms: int = 1_000)
         token_ids=IDS,
         logprobs=LPS,
         signed=signed,
+        bid=seal(bid, key=PROVIDER, now_ms=now_ms, rng=os.urandom),
     )
 
 
@@ -60,6 +72,7 @@ def test_an_honest_record_checks_out_long_after_its_envelope_expired() -> None:
     assert check_record(ev) == []
     assert check_record(record(end=False)) == []  # a cut segment: its last chunk
     assert ev.prompt_message().params.seed == 12345
+    assert ev.claimed_dtype() == "float32"
 
 
 def test_the_record_round_trips_and_names_itself_by_hash() -> None:
@@ -67,7 +80,8 @@ def test_the_record_round_trips_and_names_itself_by_hash() -> None:
     back = Evidence.decode(ev.encode())
     assert back == ev and back.digest() == ev.digest()
     # 8 bytes per token, 2 per chunk, then ids and framing once per record
-    fixed = ev.size() - len(ev.prompt) - len(ev.signed) - 8 * len(IDS) - 2 * len(SIZES)
+    fixed = ev.size() - len(ev.prompt) - len(ev.signed) - len(ev.bid)
+    fixed -= 8 * len(IDS) + 2 * len(SIZES)
     assert 0 < fixed < 160, fixed
     with pytest.raises(RemoteProtocolError, match="not an evidence record"):
         Evidence.decode(b"\x93\x01\x02\x03")
@@ -83,6 +97,7 @@ def test_the_record_round_trips_and_names_itself_by_hash() -> None:
         (lambda ev: dataclasses.replace(ev, provider=OTHER.peer_id), "not " + OTHER.peer_id),
         (lambda ev: dataclasses.replace(ev, signed=record(OTHER).signed), "sealed by"),
         (lambda ev: dataclasses.replace(ev, signed=ev.signed[:-3] + b"xyz"), "does not verify"),
+        (lambda ev: dataclasses.replace(ev, bid=record(OTHER).signed), "not this provider's Bid"),
         (
             lambda ev: dataclasses.replace(ev, prompt=encode(Prompt(job_id=bytes(16), prompt="x"))),
             "not this job's Prompt",
