@@ -16,9 +16,10 @@ hash, always in the background, never delaying the buyer's stream.
   first verifier may be the one lying: the provider is trusted again.
 * **Another buyer's report** is never trusted alone: the client fetches the record
   from the reporter by its hash (``/hearth/evidence/1``), checks the provider's
-  signature and hash chain (:func:`~market.protocol.evidence.check_record`), verifies
-  it with a verifier of its own choosing, and only if that fails too routes around
-  the provider. A forged report against an honest provider therefore changes nothing.
+  signature and hash chain (:func:`~market.protocol.evidence.check_record`), has it
+  verified by two verifiers of its own choosing, and only if both fail it routes
+  around the provider. A forged report against an honest provider therefore changes
+  nothing. A provider this buyer routes around is never asked to verify either.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class Audit:
     def distrusts(self, provider: str) -> str | None:
         """Why ``provider`` is routed around, or None."""
         return self._distrusted.get(provider)
+
+    def distrusted(self) -> set[str]:
+        """Every provider routed around (never asked to verify either)."""
+        return set(self._distrusted)
 
     async def _store(self, fn: object) -> object:
         ledger = self.client.ledger
@@ -192,13 +197,19 @@ class Audit:
             self.reports_rejected += 1
             logger.info("fraud report on %s: evidence unusable: %s", report.provider, exc)
             return
+        # Two verifiers of our own choosing must both fail it, as for our own records:
+        # one verifier alone could be a cheat framing an honest provider.
         try:
             mine = await self.verifier.check(ev, avoid={report.reporter})
+            if not mine.verdict.ok:
+                second = await self.verifier.check(ev, avoid={report.reporter, mine.verifier})
+                if second.verdict.ok:
+                    mine = second
         except VerifyError as exc:
             self.errors.append(f"report on {report.provider[-8:]}: {exc}")
             return
         if mine.verdict.ok:
-            self.reports_rejected += 1  # our own verifier found nothing wrong
+            self.reports_rejected += 1  # a verifier of ours found nothing wrong
             return
         self.reports_confirmed += 1
         why = f"fraud report by {report.reporter[-8:]} re-verified ({mine.verifier[-8:]}): {mine.verdict.detail}"

@@ -94,7 +94,8 @@ class Verifier:
         client = self.client
         now = trio.current_time()
         connected = set(client.net.connected_peers())
-        skip = avoid | {ev.provider}
+        # never the provider checked, nor one whose own work failed our checks
+        skip = avoid | {ev.provider} | client.audit.distrusted()
         offers = [
             o
             for o in client.catalog.candidates(ev.model_id, now, salt=ev.digest())
