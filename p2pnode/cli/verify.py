@@ -7,12 +7,110 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperGroup
+
+from p2pnode.cli.errors import explained
+from p2pnode.cli.market import ConfigOpt, _fail, _load
+
+
+class _JobOrCommand(TyperGroup):
+    """``hearth verify JOB_ID`` runs ``hearth verify job JOB_ID``; names of subcommands
+    (``calibrate``) keep their meaning."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["job", *args]
+        return super().resolve_command(ctx, args)
+
 
 verify_app = typer.Typer(
-    help="Verified inference: calibrate the rule's tolerances, check kept jobs.",
+    cls=_JobOrCommand,
+    help="Verified inference: re-check a kept job (hearth verify JOB_ID), calibrate the "
+    "rule's tolerances.",
     no_args_is_help=True,
 )
+
+
+@verify_app.command("job", hidden=True)
+def verify_job(
+    job_id: Annotated[
+        str, typer.Argument(help="The job's id (hex), as results and the ledger show it.")
+    ],
+    config: ConfigOpt = Path("hearth.toml"),
+) -> None:
+    """Re-check a job this buyer kept evidence of: the provider's signature and hash
+    chain, then a re-scoring by another provider of the model (a paid verification job),
+    token by token."""
+    import trio
+
+    from market.ledger import Ledger
+    from market.ledger.evidence import EvidenceStore
+    from market.protocol.evidence import check_record
+    from market.sdk.connect import open_buyer_client
+    from market.sdk.verifier import VerifyError
+
+    key = job_id.strip().lower().removeprefix("0x")
+    if len(key) != 32 or any(c not in "0123456789abcdef" for c in key):
+        _fail(f"a job id is 32 hex digits, got {job_id!r}")
+    setup = _load("buyer", config)
+    path = Path(setup.data_dir) / "buyer-ledger.sqlite"
+    if not path.is_file():
+        _fail(f"no buyer ledger at {path}: this buyer has bought nothing yet")
+    ledger = Ledger(path)
+    try:
+        rows = EvidenceStore(ledger.db).for_job(key)
+    finally:
+        ledger.close()
+    if not rows:
+        _fail(f"no evidence kept for job {key} (kept for a window, see keep_evidence_s)")
+    failed = False
+    for row in rows:
+        ev = row.evidence
+        problems = check_record(ev)
+        typer.echo(
+            f"segment by {ev.provider}: {len(ev.token_ids)} tokens from position "
+            f"{ev.resume_offset}, stated dtype {ev.claimed_dtype() or 'none'}; record {row.digest[:16]}…"
+        )
+        if problems:
+            failed = True
+            typer.echo("  signature / chain: FAILED: " + "; ".join(problems))
+            continue
+        typer.echo("  signature / chain: ok")
+
+    async def rescore() -> bool:
+        bad = False
+        async with open_buyer_client(setup, verify_rate=0.0, verify_first=0) as client:
+            with trio.move_on_after(30):
+                while not client.catalog.provider_count(trio.current_time()):
+                    await trio.sleep(0.2)
+            for row in rows:
+                try:
+                    checked = await client.audit.verifier.check(row.evidence, avoid=set())
+                except VerifyError as exc:
+                    typer.echo(f"  {row.evidence.provider[-8:]}: not re-scored: {exc}")
+                    bad = True
+                    continue
+                v = checked.verdict
+                typer.echo(
+                    f"  re-scored by {checked.verifier} (cost {checked.cost}): "
+                    f"{'ok' if v.ok else 'FAILED'}: {v.detail}"
+                )
+                typer.echo("    pos   token  claimed_lp  verifier_lp  choice   margin  verdict")
+                for t in v.tokens:
+                    typer.echo(
+                        f"    {t.position:>3} {t.token_id:>7} {t.claimed_logprob:>11.5f} "
+                        f"{t.verifier_logprob:>12.5f} {t.choice:>7} {t.margin:>8.4f}  {t.reason}"
+                    )
+                bad = bad or not v.ok
+        return bad
+
+    with explained(rpc_url=setup.rpc_url):
+        failed = trio.run(rescore) or failed
+    raise typer.Exit(1 if failed else 0)
 
 
 @verify_app.command("calibrate")

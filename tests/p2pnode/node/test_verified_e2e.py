@@ -85,12 +85,15 @@ async def test_a_cheater_is_caught_routed_around_reported_and_re_verified(
         await _ready(a, 4)
         await _ready(b, 4)
         served_by_cheater = 0
+        cheated: list[str] = []
         with trio.move_on_after(300):
             i = 0
             while a.audit.reports_sent == 0 and i < 60:
                 r = await _job(a, i)
                 i += 1
                 served_by_cheater += r.shares[-1].peer_id == mallory
+                if r.shares[-1].peer_id == mallory:
+                    cheated.append(r.job_id)
                 if a.audit.distrusts(mallory) is None:
                     continue
                 with trio.move_on_after(60):  # the second verifier's confirmation
@@ -151,6 +154,25 @@ async def test_a_cheater_is_caught_routed_around_reported_and_re_verified(
                     await trio.sleep(2)
             assert b.audit.distrusts(victim) is None
             assert a.audit.distrusts(victim) is None
+    # `hearth verify JOB_ID` re-checks a kept job token by token, through the market
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "p2pnode.cli.app",
+            "verify",
+            cheated[0],
+            "--config",
+            str(market.dir / "buyer" / "hearth.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=market.env,
+        timeout=180,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "signature / chain: ok" in out.stdout  # it signed what it sent: that is the proof
+    assert "FAILED" in out.stdout and "claimed_lp" in out.stdout, out.stdout
     # The distrust survives a restart (it is in A's ledger)
     async with open_buyer_client(setup_a) as again:
         assert again.audit.distrusts(mallory) is not None
