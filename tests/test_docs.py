@@ -292,6 +292,15 @@ def _resolve(root: Command, written: str) -> tuple[list[tuple[str, ...]], list[s
             else:
                 for alt in word.split("|"):
                     sub = cmd.commands.get(alt)
+                    if sub is None and "|" not in word:
+                        # a group that routes words itself (`hearth verify JOB_ID`)
+                        try:
+                            name, sub, args = cmd.resolve_command(cmd.context_class(cmd), rest)
+                        except Exception:
+                            sub = None
+                        if sub is not None and name is not None:
+                            walk(sub, (*path, name), args[1:])
+                            continue
                     if sub is None:
                         problems.append(
                             f"`hearth {' '.join((*path, alt))}` is not a command "
