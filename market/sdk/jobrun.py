@@ -260,25 +260,26 @@ class JobRun:
             )
 
     async def publish(self, action: Publish) -> None:
-        """Put the RFQ out: straight to the best known providers first, else on gossip.
+        """Put the RFQ out: straight to the best known providers, and on gossip after.
 
-        The first round asks up to ``direct_rfq`` providers whose live offers name the
-        model and to whom we are connected, on ``/hearth/rfq/1`` (no gossip hop, no
-        stream back); later rounds, and markets we know nothing of yet, use the
-        model's gossip topic so every provider hears it.
+        Every round asks up to ``direct_rfq`` providers whose live offers name the model
+        and to whom we are connected, on ``/hearth/rfq/1`` (no gossip hop, no stream
+        back). The first round asks them alone (the machine is told how many, so the
+        window closes once each answered); later rounds, and markets we know nothing of
+        yet, also go on the model's gossip topic so every provider hears them (a
+        provider that hears one RFQ both ways drops the second as a replay).
         """
         rfq = action.rfq
         client = self.client
         data = sealed(rfq, client.key)
-        peers, everyone = (
-            self._direct_candidates(rfq.model_id) if self.job.round == 1 else ([], False)
-        )
+        peers, everyone = self._direct_candidates(rfq.model_id)
         if peers:
             client.rfq_rounds["direct"] += 1
             for peer in peers:
                 self.nursery.start_soon(self._ask, peer, data)
-            self.events_in.send_nowait(RfqDelivered(asked=len(peers), everyone=everyone))
-            return
+            if self.job.round == 1:
+                self.events_in.send_nowait(RfqDelivered(asked=len(peers), everyone=everyone))
+                return
         client.rfq_rounds["gossip"] += 1
         net = client.net
         topic = rfq_topic(rfq.model_id)
