@@ -74,6 +74,11 @@ class _Peer:
     last_failure: str = ""
 
 
+#: How many jobs' worth of weight the provider's own claims keep against the first
+#: observations of it (the observed/claimed ratios start shrunk towards 1).
+_PRIOR_JOBS = 2
+
+
 def _mean(old: float | None, new: float, weight: float) -> float:
     return new if old is None else old + weight * (new - old)
 
@@ -236,14 +241,16 @@ class Reputation:
         if rate is not None:
             ratio = min(4.0, max(1 / 64, rate / claimed_tps))
             rec.speed_n += 1
-            w = max(self.speed_weight, 1.0 / rec.speed_n)
+            # shrunk towards the claim while observations are few: one unlucky job (a
+            # moment the box was busy) must not lock a provider out of our routing
+            w = max(self.speed_weight, 1.0 / (rec.speed_n + _PRIOR_JOBS))
             rec.log_speed += w * (math.log(ratio) - rec.log_speed)
         rtt = rec.rtt_s or 0.0
         claimed_first = bid.est_ttft_ms / 1000.0 + rtt + (first_tokens - 1) / claimed_tps
         if claimed_first > 0.0 and ttft_s > 0.0:
             ratio = min(64.0, max(1 / 4, ttft_s / claimed_first))
             rec.ttft_n += 1
-            w = max(self.speed_weight, 1.0 / rec.ttft_n)
+            w = max(self.speed_weight, 1.0 / (rec.ttft_n + _PRIOR_JOBS))
             rec.log_ttft += w * (math.log(ratio) - rec.log_ttft)
 
     def started(self, provider: str) -> None:

@@ -45,7 +45,10 @@ async def test_six_identical_providers_each_win_half_to_twice_their_share(
     market: LocalMarket,
 ) -> None:
     wins: Counter[str] = Counter()
-    async with open_buyer_client(load_buyer(market.config_for("buyer"), market.env)) as client:
+    # Sampled verification is off here: its re-scoring passes run on the very providers
+    # whose speed is being measured, a load that has nothing to do with routing.
+    setup = load_buyer(market.config_for("buyer"), market.env)
+    async with open_buyer_client(setup, verify_first=0, verify_rate=0.0) as client:
         with trio.fail_after(90):
             while client.catalog.provider_count(trio.current_time()) < len(NODES):
                 await trio.sleep(0.2)
