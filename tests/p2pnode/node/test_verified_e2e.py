@@ -124,7 +124,9 @@ async def test_a_cheater_is_caught_routed_around_reported_and_re_verified(
             assert all(s.peer_id != mallory for s in r.shares)
         assert a.audit.verified >= 2 and a.audit.failed >= 1
 
-        # A forged report against an honest provider: the forger serves an honest record
+        # A forged report against an honest provider: the forger serves an honest record.
+        # (The cheater is stopped first: the forger, new here, would still route to it.)
+        await trio.to_thread.run_sync(market.kill, mallory)
         setup_f = load_buyer(market.config_for("forger"), market.env)
         async with open_buyer_client(setup_f, verify_first=0, verify_rate=0.0) as forger:
             await _ready(forger, 4)
