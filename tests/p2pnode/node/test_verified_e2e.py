@@ -103,7 +103,7 @@ async def test_a_cheater_is_caught_routed_around_reported_and_re_verified(
             f"{i} jobs, {served_by_cheater} on the cheater; verified {a.audit.verified}, "
             f"failed {a.audit.failed}, reports {a.audit.reports_sent}, errors {a.audit.errors}"
         )
-        assert a.audit.reports_sent == 1, state
+        assert a.audit.reports_sent >= 1, state  # each failed record it confirmed is reported
         print(
             f"\ncheater_jobs_served before buyer A routed around it: {served_by_cheater} ({state})"
         )
@@ -118,7 +118,7 @@ async def test_a_cheater_is_caught_routed_around_reported_and_re_verified(
             while b.audit.distrusts(mallory) is None:
                 await trio.sleep(0.2)
         assert "re-verified" in (b.audit.distrusts(mallory) or "")
-        assert b.audit.reports_confirmed == 1
+        assert b.audit.reports_confirmed >= 1
         for k in range(4):
             r = await _job(b, 200 + k)
             assert all(s.peer_id != mallory for s in r.shares)
