@@ -129,7 +129,7 @@ async def test_a_cheater_is_caught_routed_around_reported_and_re_verified(
         await trio.to_thread.run_sync(market.kill, mallory)
         setup_f = load_buyer(market.config_for("forger"), market.env)
         async with open_buyer_client(setup_f, verify_first=0, verify_rate=0.0) as forger:
-            await _ready(forger, 4)
+            await _ready(forger, len(HONEST))  # the cheater is gone
             for k in range(12):  # a job of the forger's that an honest node served
                 honest = await _job(forger, 300 + k)
                 victim = honest.shares[-1].peer_id
