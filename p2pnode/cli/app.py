@@ -15,6 +15,7 @@ from p2pnode.cli import (
     collateral,
     identity,
     market,
+    model,
     net,
     power,
     serving,
@@ -50,6 +51,7 @@ for _area in (
     collateral,
     power,
     verify,
+    model,
 ):
     _area.register(app, bench)
 

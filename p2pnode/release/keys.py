@@ -59,17 +59,17 @@ def read_key_file(path: Path) -> SigningKey:
     others may read it."""
     try:
         info = path.stat()
-        if info.st_size > _MAX_KEY_FILE:
-            raise MalformedRelease(f"{path} is not a publisher key file (too large)")
-        if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise MalformedRelease(
-                f"{path} may be read by others (mode {stat.S_IMODE(info.st_mode):o}): "
-                f"expected 600 (chmod 600 {path})"
-            )
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()[:_MAX_KEY_FILE]
     except OSError as e:
         raise MalformedRelease(f"cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, UnicodeDecodeError):
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise MalformedRelease(
+            f"{path} may be read by others (mode {stat.S_IMODE(info.st_mode):o}): "
+            f"expected 600 (chmod 600 {path})"
+        )
+    try:
+        doc = json.loads(text.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
         raise MalformedRelease(f"{path} is not a publisher key file (not JSON)") from None
     if not isinstance(doc, dict) or doc.get("format") != KEY_FORMAT:
         raise MalformedRelease(f"{path} is not a publisher key file (format {KEY_FORMAT})")
