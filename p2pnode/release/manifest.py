@@ -398,7 +398,10 @@ def check_directory(
     """
     from p2pnode.release.weights import load_fresh
 
-    present = dict(release_files(directory))
+    try:
+        present = dict(release_files(directory))
+    except MalformedRelease as e:
+        raise ContentMismatch(f"{directory} does not hold {manifest.label()}: {e}") from None
     listed = {f.path for f in manifest.files}
     missing, extra = sorted(listed - present.keys()), sorted(present.keys() - listed)
     if missing or extra:

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -204,7 +205,7 @@ def _frame(tag: str, body: dict[str, object]) -> bytes:
     return msgpack.packb([1, tag, 1, body], use_bin_type=True)  # type: ignore[no-any-return]
 
 
-def _inner(signed: SignedRelease) -> dict[str, object]:
+def _inner(signed: SignedRelease) -> dict[str, Any]:
     raw = msgpack.unpackb(signed.manifest_bytes, raw=False)
     return raw[3]  # type: ignore[no-any-return]
 
@@ -307,7 +308,7 @@ MALFORMED: list[tuple[str, Callable[[SignedRelease, SigningKey], bytes], str]] =
 
 def _with_file(s: SignedRelease, **change: object) -> dict[str, object]:
     body = _inner(s)
-    files = [dict(f) for f in body["files"]]  # type: ignore[attr-defined]
+    files = [dict(f) for f in body["files"]]
     files[0].update(change)
     return {**body, "files": files}
 

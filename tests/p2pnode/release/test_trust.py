@@ -175,6 +175,13 @@ REFUSALS: list[tuple[str, tuple[int, ...], Offer, type[ReleaseError], str]] = [
         "not in the release: evil.py",
     ),
     (
+        "a folder with a file no release can carry",
+        (),
+        lambda w: (w.release(1).encode(), _plus(w.a, "run me.sh")),
+        ContentMismatch,
+        "does not hold smol v1: 'run me.sh' cannot be part of a release",
+    ),
+    (
         "truncated bytes",
         (),
         lambda w: (w.release(1).encode()[:100], None),
