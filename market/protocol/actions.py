@@ -110,12 +110,14 @@ class SendAward(Send):
     be sent by the end of this job (what we signed it before plus the job's remaining
     budget). A provider accepts vouchers only up to what we locked for it on chain, so
     the driver first makes sure that much is locked (or feeds back
-    :class:`~market.protocol.events.CollateralShort`).
+    :class:`~market.protocol.events.CollateralShort`). ``bid`` is the bid it wins
+    with (the driver keeps that bid's sealed frame as evidence of the terms).
     """
 
     MESSAGE: ClassVar[type[Message]] = Award
     provider_address: bytes = b""
     cover: int = 0
+    bid: Bid | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -180,6 +180,7 @@ class BuyerJob(JobMachine):
         "_asked_everyone",
         "_award_s",
         "_awarded_at",
+        "_barred",
         "_bids",
         "_busy_round",
         "_busy_seen",
@@ -242,7 +243,12 @@ class BuyerJob(JobMachine):
         self._job_deadline = 0.0
         self._reserved = 0
         self._pool: dict[str, tuple[Bid, str]] = {}
-        self._abandoned: set[str] = set()  # membership only
+        self._abandoned: set[str] = set()  # awarded once and left (late messages: fine)
+        # Left for a fault of theirs, or a refusal of our request or of our payments:
+        # never awarded again in this job. One left for want of a slot, a power cut, a
+        # timeout or a drop may win a later round with a fresh bid (it may be the only
+        # provider left).
+        self._barred: set[str] = set()
         self._left: dict[str, str] = {}  # why we left each awarded provider
         self._declines: dict[str, DeclineNote] = {}
         self._segments: list[Segment] = []
@@ -347,7 +353,7 @@ class BuyerJob(JobMachine):
         who = ev.sender
         if bid.job_id != self.job_id or bid.provider != who:
             return [self._score(who, -0.3, "bid for another job or from another peer")]
-        if who in self._pool or who in self._abandoned or self._is_active(who):
+        if who in self._pool or who in self._barred or self._is_active(who):
             return []
         self._answered.add(who)  # an answer, even one we cannot take
         if bid.price_per_1k > self.rfq.max_price_per_1k:
@@ -480,6 +486,8 @@ class BuyerJob(JobMachine):
             code = ev.error.code
             if code is ErrorCode.BAD_REQUEST:  # about our request: another may take it
                 self._refused[ev.sender] = ev.error.message
+            if code in (ErrorCode.BAD_REQUEST, ErrorCode.PAYMENT_BEHIND):
+                self._barred.add(ev.sender)  # it would refuse us again
             if code is ErrorCode.OVERLOADED:  # no slot for us after all: the market is full
                 self._busy_round += 1
                 self._busy_seen = True
@@ -605,7 +613,11 @@ class BuyerJob(JobMachine):
         cover = self.wallet.cover_needed(bid.provider_address)
         return [
             SendAward(
-                to=bid.provider, message=award, provider_address=bid.provider_address, cover=cover
+                to=bid.provider,
+                message=award,
+                provider_address=bid.provider_address,
+                cover=cover,
+                bid=bid,
             ),
             SendPrompt(to=bid.provider, message=prompt),
         ]
@@ -673,6 +685,7 @@ class BuyerJob(JobMachine):
     def _misbehaved(self, why: str, now: float) -> list[Action]:
         a = self.active
         assert a is not None
+        self._barred.add(a.bid.provider)
         out: list[Action] = [self._score(a.bid.provider, -0.5, why)]
         out.append(self._cancel_active(why))
         self._failovers += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from contextlib import suppress
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -50,7 +51,7 @@ from market.protocol.events import (
     RfqDelivered,
 )
 from market.protocol.evidence import Evidence
-from market.protocol.outcomes import BuyerFailure, BuyerOutcome
+from market.protocol.outcomes import BuyerFailure, BuyerOutcome, Segment
 from market.sdk.types import (
     BadRequestError,
     Chunk,
@@ -79,6 +80,30 @@ if TYPE_CHECKING:
 __all__ = ["JobRun", "result_of"]
 
 
+@dataclass(eq=False)
+class _Part:
+    """One award's share of the job: what one provider was sent and did after it.
+
+    It becomes the outcome's segment of the same index (one award, one segment). A
+    provider can hold two parts of one job (it had no slot, then won a later round),
+    so everything is kept per part, never per peer.
+    """
+
+    peer: str
+    awarded_at: float
+    offset: int  # where its share of the tokens begins
+    bid: Bid | None  # the bid it won with, and that bid's sealed frame
+    bid_frame: bytes | None
+    # Messages for it while its job stream opens (award, prompt…); None once open.
+    pending: list[Any] | None = field(default_factory=list)
+    stream: FramedStream | None = None
+    prompt: bytes | None = None  # the Prompt we sent it, encoded
+    chunks: list[tuple[tuple[int, ...], tuple[float, ...]]] = field(default_factory=list)
+    frames: dict[int | str, bytes] = field(default_factory=dict)  # sealed: by seq, "end"
+    first_chunk: tuple[float, int] | None = None  # (time, tokens)
+    last_chunk: float | None = None
+
+
 class JobRun:
     """The I/O side of one BuyerJob: its event inbox and its streams to providers.
 
@@ -92,29 +117,18 @@ class JobRun:
         self.job = job
         self.out = out
         self.events_in, self.events = trio.open_memory_channel[Event](math.inf)
-        self.streams: dict[str, FramedStream] = {}
-        # Messages for a provider whose job stream is still opening (award, prompt…).
-        self.pending: dict[str, list[Any]] = {}
         # Direct RFQ streams of bidders, kept open so the winner's carries its award.
         self.held: dict[str, tuple[FramedStream, trio.Event]] = {}
+        # Each bidder's sealed bid frames this job (the award names which one won).
+        self.offers: dict[str, list[tuple[Bid, bytes]]] = {}
+        # Every award's part, in award order, and each provider's live one: only the
+        # live part's stream feeds the machine (a part we left may still be closing).
+        self.parts: list[_Part] = []
+        self.live: dict[str, _Part] = {}
         self.outcome: BuyerOutcome | None = None
         self.started_at = trio.current_time()
         self.first_token_at: float | None = None
         self.texts: list[str] = []
-        # What each provider of this job did, for the client's per-provider statistics:
-        # its bid, when we awarded it, its first chunk (time, tokens) and its last one.
-        self.bids: dict[str, Bid] = {}
-        self.awarded: dict[str, float] = {}
-        # Evidence, per provider: the prompt we sent it, where its segment began, the
-        # chunks it delivered, and the envelopes it sealed over its chain (by chunk
-        # seq, and "end" for its end of stream).
-        self.prompts: dict[str, bytes] = {}
-        self.offsets: dict[str, int] = {}
-        self.chunks: dict[str, list[tuple[tuple[int, ...], tuple[float, ...]]]] = {}
-        self.frames: dict[str, dict[int | str, bytes]] = {}
-        self.bid_frames: dict[str, bytes] = {}
-        self.first_chunk: dict[str, tuple[float, int]] = {}
-        self.last_chunk: dict[str, float] = {}
         self.queued_before = False  # has waited in the admission queue
         self.woken = False  # let out of the queue and not placed yet
 
@@ -157,21 +171,31 @@ class JobRun:
 
     async def send_award(self, action: SendAward) -> None:
         """Start the winner's session; the award (then the prompt) waits for its stream."""
-        self.pending[action.to] = [action.message]
-        self.awarded[action.to] = trio.current_time()
         assert isinstance(action.message, Award)
-        self.offsets[action.to] = action.message.resume_offset
+        frame = next((f for b, f in self.offers.pop(action.to, []) if b == action.bid), None)
+        part = _Part(
+            peer=action.to,
+            awarded_at=trio.current_time(),
+            offset=action.message.resume_offset,
+            bid=action.bid,
+            bid_frame=frame,
+            pending=[action.message],
+        )
+        self.parts.append(part)
+        self.live[action.to] = part
         self._release(except_peer=action.to)
-        self.nursery.start_soon(self._provider_session, action)
+        self.nursery.start_soon(self._provider_session, action, part)
         self.client.admission.placed(self)
 
     async def deliver_tokens(self, action: DeliverTokens) -> None:
         now = trio.current_time()
         if self.first_token_at is None:
             self.first_token_at = now
-        self.first_chunk.setdefault(action.provider, (now, len(action.token_ids)))
-        self.last_chunk[action.provider] = now
-        self.chunks.setdefault(action.provider, []).append((action.token_ids, action.logprobs))
+        part = self.live[action.provider]  # tokens come only from the live part
+        if part.first_chunk is None:
+            part.first_chunk = (now, len(action.token_ids))
+        part.last_chunk = now
+        part.chunks.append((action.token_ids, action.logprobs))
         self.texts.append(action.text)
         chunk = Chunk(
             text=action.text,
@@ -193,40 +217,46 @@ class JobRun:
         records = self.evidence(outcome)
         if records:
             await self.client.keep_evidence(records)
-        for fs in list(self.streams.values()):  # sessions end meanwhile
-            with trio.move_on_after(1):
-                with suppress(NetError):
-                    await fs.send_end()
+        for part in self.live.values():  # sessions end meanwhile
+            if part.stream is not None:
+                with trio.move_on_after(1):
+                    with suppress(NetError):
+                        await part.stream.send_end()
+
+    def _segments(self, outcome: BuyerOutcome) -> list[tuple[Segment, _Part]]:
+        """Each outcome segment with the part of the award that opened it."""
+        return [
+            (seg, part)
+            for seg, part in zip(outcome.segments, self.parts, strict=False)
+            if seg.provider == part.peer
+        ]
 
     def evidence(self, outcome: BuyerOutcome) -> list[Evidence]:
-        """One record per provider that delivered tokens: what it was sent, what it
-        streamed, and the envelope it sealed over the head of its chain."""
+        """One record per segment that delivered tokens: what its provider was sent,
+        what it streamed, and the envelope it sealed over the head of its chain."""
         out: list[Evidence] = []
-        for seg in outcome.segments:
-            peer = seg.provider
-            chunks = self.chunks.get(peer)
-            prompt = self.prompts.get(peer)
-            if not chunks or prompt is None:
+        for seg, part in self._segments(outcome):
+            chunks = part.chunks
+            if not chunks or part.prompt is None:
                 continue  # nothing delivered: nothing to prove
-            frames = self.frames.get(peer, {})
+            frames = part.frames
             signed = (
                 frames.get("end") if seg.commitment is not None else frames.get(len(chunks) - 1)
             )
-            bid = self.bid_frames.get(peer)
-            if signed is None or bid is None:
+            if signed is None or part.bid_frame is None:
                 continue
             out.append(
                 Evidence(
                     job_id=self.job.job_id,
-                    provider=peer,
+                    provider=part.peer,
                     model_id=self.job.rfq.model_id,
-                    prompt=prompt,
-                    resume_offset=self.offsets.get(peer, 0),
+                    prompt=part.prompt,
+                    resume_offset=part.offset,
                     chunk_sizes=tuple(len(ids) for ids, _ in chunks),
                     token_ids=tuple(i for ids, _ in chunks for i in ids),
                     logprobs=tuple(lp for _, lps in chunks for lp in lps),
                     signed=signed,
-                    bid=bid,
+                    bid=part.bid_frame,
                 )
             )
         return out
@@ -241,11 +271,8 @@ class JobRun:
         ours = outcome.reason in (BuyerFailure.CANCELLED, BuyerFailure.INSUFFICIENT_DEPOSIT)
         now = trio.current_time()
         last = len(outcome.segments) - 1
-        for i, seg in enumerate(outcome.segments):
-            t0 = self.awarded.get(seg.provider)
-            if t0 is None:
-                continue
-            first = self.first_chunk.get(seg.provider)
+        for i, (seg, part) in enumerate(self._segments(outcome)):
+            first = part.first_chunk
             ok: bool | None = True  # its end of stream came
             if seg.commitment is None:
                 ok = None if ours and i == last else False
@@ -253,10 +280,10 @@ class JobRun:
                 seg.provider,
                 ok=ok,
                 tokens=seg.tokens,
-                seconds=max(0.0, self.last_chunk.get(seg.provider, now) - t0),
-                ttft_s=None if first is None else first[0] - t0,
+                seconds=max(0.0, (part.last_chunk or now) - part.awarded_at),
+                ttft_s=None if first is None else first[0] - part.awarded_at,
                 first_tokens=max(1, first[1]) if first is not None else 1,
-                bid=self.bids.get(seg.provider),
+                bid=part.bid,
             )
 
     async def publish(self, action: Publish) -> None:
@@ -329,8 +356,9 @@ class JobRun:
         if not isinstance(event, BidReceived) or self.outcome is not None:
             self.events_in.send_nowait(event)
             return
-        self.bids[peer] = event.bid
-        self.bid_frames[peer] = frame
+        offers = self.offers.setdefault(peer, [])
+        if len(offers) < 8:  # one per round; the machine takes a peer's first pooled bid
+            offers.append((event.bid, frame))
         released = trio.Event()
         self.held[peer] = (fs, released)
         try:
@@ -352,22 +380,26 @@ class JobRun:
         await self.send(action)
 
     async def send(self, action: Send) -> None:
-        """Send ``action.message`` on its provider's job stream (queued while it opens)."""
+        """Send ``action.message`` on its provider's live job stream (queued while it
+        opens)."""
+        part = self.live.get(action.to)
+        if part is None:
+            return  # never awarded: nothing to send on
         if isinstance(action.message, Prompt):
-            self.prompts[action.to] = encode(action.message)
-        queued = self.pending.get(action.to)
-        if queued is not None:
-            queued.append(action.message)  # the stream is still opening: it sends these first
+            part.prompt = encode(action.message)
+        if part.pending is not None:
+            part.pending.append(action.message)  # still opening: it sends these first
             return
-        fs = self.streams.get(action.to)
+        fs = part.stream
         if fs is None:
             return  # the session is already gone; its PeerDisconnected is on the way
         try:
             await send_message(fs, action.message, self.client.key)
         except NetError:
-            self.events_in.send_nowait(PeerDisconnected(peer=action.to))
+            if self.live.get(action.to) is part:
+                self.events_in.send_nowait(PeerDisconnected(peer=action.to))
 
-    async def _provider_session(self, award: SendAward) -> None:
+    async def _provider_session(self, award: SendAward, part: _Part) -> None:
         """Carry the award to its provider and turn what comes back into events.
 
         The award travels on the winner's held direct RFQ stream when there is one,
@@ -384,20 +416,20 @@ class JobRun:
             if held is not None:
                 fs, released = held
                 try:
-                    await self._converse(peer, fs)
+                    await self._converse(part, fs)
                 finally:
                     released.set()
             else:
                 async with net.open_stream(peer, JOB_PROTOCOL, timeout=5) as fs:
-                    await self._converse(peer, fs)
+                    await self._converse(part, fs)
         except (NetError, RemoteProtocolError) as exc:
             self.client.reputation.note_failure(peer, str(exc))
         finally:
-            self.pending.pop(peer, None)
-            self.streams.pop(peer, None)
+            part.pending = None
+            part.stream = None
             net.unprotect(peer)
             self.client.reputation.stopped(peer)
-        if self.outcome is None:
+        if self.outcome is None and self.live.get(peer) is part:
             self.events_in.send_nowait(PeerDisconnected(peer=peer))
 
     async def _cover(self, award: SendAward) -> bool:
@@ -412,22 +444,23 @@ class JobRun:
             return False
         return True
 
-    async def _converse(self, peer: str, fs: FramedStream) -> None:
-        queued = self.pending.pop(peer, [])
-        self.streams[peer] = fs
+    async def _converse(self, part: _Part, fs: FramedStream) -> None:
+        """Send ``part``'s queued messages on ``fs``, then feed what comes back to the
+        machine while ``part`` is its provider's live one."""
+        queued, part.pending = part.pending or [], None
+        part.stream = fs
         for message in queued:
             await send_message(fs, message, self.client.key)
-        frames = self.frames.setdefault(peer, {})
         while True:
             got = await receive_sealed(fs, self.client._guard)
-            if got is None:
-                return
+            if got is None or self.live.get(part.peer) is not part:
+                return  # ended, or a part we left (the provider has a newer one)
             message, data = got
             if isinstance(message, TokenChunk):
-                frames[message.seq] = data
+                part.frames[message.seq] = data
             elif isinstance(message, EndOfStream):
-                frames["end"] = data
-            self.events_in.send_nowait(buyer_event(peer, message, only=PROVIDER_STREAM))
+                part.frames["end"] = data
+            self.events_in.send_nowait(buyer_event(part.peer, message, only=PROVIDER_STREAM))
 
 
 def result_of(

@@ -342,14 +342,21 @@ class ProviderService:
         )
         status = self.status()
         cap = max(1, math.ceil(status.capacity * self.max_held_share))
+        busy = ""
         if held >= cap:  # one buyer may not pin more of our slots with bids it has not awarded
+            busy = "held_by_buyer"
+            detail = f"your open bids already hold {held} of our {status.capacity} slots"
+        elif rfq.job_id in self._sessions:  # a part of it we were left is still closing
+            busy = "still_serving"
+            detail = "still closing our earlier part of this job; ask again shortly"
+        if busy:
             self.stats.declines += 1
-            self.stats.declines_by_reason["held_by_buyer"] += 1
+            self.stats.declines_by_reason[busy] += 1
             decline = Decline(
                 job_id=rfq.job_id,
                 provider=self.key.peer_id,
                 reason=DeclineReason.BUSY,
-                detail=f"your open bids already hold {held} of our {status.capacity} slots",
+                detail=detail,
             )
             return SendDecline(to=rfq.buyer, message=decline)
         if self.covers is not None:

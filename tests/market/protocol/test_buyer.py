@@ -681,3 +681,52 @@ def test_out_of_rounds_after_busy_answers_the_job_waits_instead_of_failing() -> 
     m.handle(E.DeadlinePassed(), 0.2)  # the window stretches once for PB
     out = m.handle(E.DeadlinePassed(), 0.4)
     assert kinds(out) == ["AwaitCapacity"] and m.state is S.QUEUED
+
+
+def test_a_provider_that_had_no_room_may_take_the_job_later() -> None:
+    """CI: A refused its award for want of a slot; the job went to B, B died, and A,
+    the one provider left, bid again: its bids were ignored for the rest of the job,
+    which queued until its 600 s deadline. No room then is no fault: A may win a
+    later round (a fresh bid), and is paid for that segment on its own."""
+    m = new(max_rounds=2)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(bid("PA", 400), 0.05)
+    m.handle(bid("PB", 600), 0.06)  # PA first (cheaper)
+    err = Error(job_id=JOB, code=ErrorCode.OVERLOADED, message="no free slot")
+    out = m.handle(E.ErrorReceived(sender="PA", error=err), 0.1)
+    assert [a.to for a in out if isinstance(a, A.SendAward)] == ["PB"]
+    m.handle(E.AcceptReceived(sender="PB", accept=Accept(job_id=JOB, provider="PB")), 0.2)
+    ev, _ = chunk("PB", 0, chain_genesis(JOB, 0), 0)
+    m.handle(ev, 0.3)
+    out = m.handle(E.PeerDisconnected(peer="PB"), 0.4)  # PB is gone, nobody left
+    assert kinds(out)[-1] == "AwaitCapacity"  # PA was busy: the job waits its turn
+    m.handle(E.CapacityFreed(), 0.9)
+    m.handle(bid("PA", 400), 1.0)
+    out = m.handle(E.DeadlinePassed(), m.next_deadline() or 0.0)  # the window closes
+    (award,) = [a for a in out if isinstance(a, A.SendAward)]
+    assert award.to == "PA" and award.message.resume_offset == 8
+
+
+def test_a_provider_that_cheated_is_never_awarded_again_in_that_job() -> None:
+    """A provider whose chunk broke the hash chain stays out of the job, whatever it bids."""
+    m = new(max_rounds=3)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(bid("PA", 400), 0.05)
+    m.handle(E.AcceptReceived(sender="PA", accept=Accept(job_id=JOB, provider="PA")), 0.1)
+    ev, _ = chunk("PA", 0, chain_genesis(JOB, 0), 0, good=False)
+    m.handle(ev, 0.2)
+    while m.state is not S.COLLECTING:
+        m.handle(E.DeadlinePassed(), m.next_deadline() or 0.0)
+    assert m.handle(bid("PA", 400), 1.0) == [] and m.state is S.COLLECTING
+
+
+def test_a_provider_that_refused_our_request_is_not_asked_again_in_that_job() -> None:
+    """'bad request' is about our request: the same provider would refuse it again."""
+    m = new(max_rounds=3)
+    m.handle(E.JobSubmitted(), 0.0)
+    m.handle(bid("PA", 400), 0.05)
+    err = Error(job_id=JOB, code=ErrorCode.BAD_REQUEST, message="prompt too long")
+    m.handle(E.ErrorReceived(sender="PA", error=err), 0.1)
+    while m.state is not S.COLLECTING:
+        m.handle(E.DeadlinePassed(), m.next_deadline() or 0.0)
+    assert m.handle(bid("PA", 400), 1.0) == []

@@ -79,6 +79,7 @@ async def test_one_buyer_runs_many_jobs_at_once_on_one_provider(market: LocalMar
                 MODEL,
                 messages=[{"role": "user", "content": prompt}],
                 params=GenerationParams(max_tokens=24, temperature=0.0),
+                timeout_s=180,  # a job stuck in the queue fails here, not after 600 s
             )
             first = True
             async for _ in job:
@@ -188,6 +189,7 @@ async def test_a_provider_killed_while_serving_several_jobs_of_one_buyer(
                 MODEL,
                 messages=[{"role": "user", "content": PROMPTS[i]}],
                 params=GenerationParams(max_tokens=60, temperature=0.0),
+                timeout_s=180,  # a job stuck in the queue fails here, not after 600 s
             )
             async for chunk in job:
                 serving.setdefault(chunk.provider, set()).add(i)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +25,9 @@ from market.protocol.messages import FraudReport
 from market.sdk.connect import load_buyer, open_buyer_client
 from market.sdk.types import GenerationParams
 from market.streams import sealed
-from p2pnode.localnet import LocalMarket, NodeProc
+from p2pnode.localnet import LocalMarket
 from p2pnode.net.pubsub import fraud_topic
+from tests.p2pnode.node.patched import start_patched_node
 
 MODEL = "SmolLM2-135M-Instruct"
 HONEST = ("alice", "bob", "carol")
@@ -39,16 +39,7 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMarket]:
     m = LocalMarket(tmp_path_factory.mktemp("verify"), node_extra="[market]\nchunk_tokens = 8\n")
     try:
         m.stand_up(HONEST)
-        m.add_identity(CHEATER, provider=True)
-        cfg = m.config_for(CHEATER)
-        log = open(m.dir / CHEATER / "node.log", "ab")  # noqa: SIM115 - lives with the process
-        script = Path(__file__).with_name("cheating_node.py")
-        popen = subprocess.Popen(
-            [sys.executable, str(script), str(cfg)], stdout=log, stderr=log, env=m.env
-        )
-        proc = NodeProc(CHEATER, popen, m.dir / CHEATER)
-        m.procs.append(proc)
-        m.wait_serving([proc])
+        start_patched_node(m, CHEATER, "cheating_node.py")
         m.add_identity("buyer2", provider=False)
         m.add_identity("forger", provider=False)
         yield m
