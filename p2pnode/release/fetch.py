@@ -13,8 +13,11 @@ stream asks for one chunk at a time:
   about once (and the seed itself refuses to hand a chunk out twice in a row while
   others were never given: ``spread``);
 * a chunk is checked against the signed manifest before it is written; a peer that
-  sends a wrong one is dropped for the rest of the fetch;
-* a busy or failing peer is left alone for a moment (``busy``), then asked again.
+  sends a wrong one, or denies holding a chunk its have-map claims, is dropped for the
+  rest of the fetch;
+* a busy or failing peer is left alone for a moment (``busy``), then asked again; a
+  chunk a seed refused with ``spread`` is asked of it again only after half a second,
+  its other chunks first.
 
 What was written survives a ``kill -9``: a new :class:`Fetcher` on the same store
 asks only for the chunks not marked held, so a restart re-fetches at most the chunks
@@ -46,6 +49,7 @@ class _Peer:
     have: bytearray | None = None  # one byte per chunk, like LocalRelease.have
     complete: bool = False
     resting_until: float = 0.0
+    deferred: dict[int, float] = field(default_factory=dict)  # "spread": chunk -> ask again at
     bad: str = ""  # why it is dropped for good
     received: int = 0  # bytes we took from it
 
@@ -149,8 +153,8 @@ class Fetcher:
 
     def _set_have(self, p: _Peer, bits: object) -> None:
         n = self.local.total
-        if not isinstance(bits, bytes) or len(bits) != (n + 7) // 8:
-            return
+        if p.bad or not isinstance(bits, bytes) or len(bits) != (n + 7) // 8:
+            return  # (a map of a dropped peer's, arriving late, counts for nothing)
         have = bytearray((bits[i >> 3] >> (7 - (i & 7))) & 1 for i in range(n))
         self._forget(p)
         p.have, p.complete = have, all(have)
@@ -166,9 +170,12 @@ class Fetcher:
             return None
         best: tuple[int, int] | None = None
         choice = None
+        now = time.monotonic()
         for c in self.order:
             if local.have[c] or c in self.in_flight or not have[c]:
                 continue
+            if p.deferred.get(c, 0.0) > now:
+                continue  # the seed said "spread" for it: ask it for the others first
             rarity = self.rarity[c]
             if p.complete and rarity > 0:
                 continue  # a partial holder has it: the swarm, not the seed, copies it
@@ -198,7 +205,8 @@ class Fetcher:
                         await self._one(p, fs, c)
             except (NetError, SwarmError) as e:
                 code = e.code if isinstance(e, SwarmError) else "net"
-                p.resting_until = time.monotonic() + (0.2 if code == "spread" else self.rest_s)
+                if code != "spread":  # (a spread refusal defers the chunk, not the peer)
+                    p.resting_until = time.monotonic() + self.rest_s
 
     async def _one(self, p: _Peer, fs: FramedStream, c: int) -> None:
         self.in_flight.add(c)
@@ -206,8 +214,13 @@ class Fetcher:
             try:
                 head = await request(fs, {"op": "chunk", "digest": self.local.digest, "i": c})
             except SwarmError as e:
-                if e.code == "not_held" and p.have is not None:
-                    p.have[c] = 0
+                if e.code == "spread":
+                    p.deferred[c] = time.monotonic() + 0.5
+                if e.code == "not_held" and p.have is not None and p.have[c]:
+                    # a holder never loses a chunk: its map lied (or it let the release
+                    # go), and the chunks it claims would never be asked of a seed
+                    p.bad = f"advertised chunk {c}, then said it does not hold it"
+                    self._forget(p)
                 raise
             data = await receive_payload(fs, head)
             try:

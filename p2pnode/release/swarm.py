@@ -171,10 +171,10 @@ class ChunkServer:
                 raise SwarmError("bad_request", f"chunk index must be in [0, {local.total})")
             if not local.has(i):
                 raise SwarmError("not_held", f"chunk {i} is not here yet")
-            self._spread(local, i)
-            if self._slots.value == 0:
+            if self._slots.value == 0:  # before _spread: a chunk refused is not given out
                 self.stats["busy"] += 1
                 raise SwarmError("busy", f"all {self.limits.max_uploads} upload slots in use")
+            self._spread(local, i)
             async with self._slots:
                 data = await trio.to_thread.run_sync(local.read, i)
                 await self._send_payload(fs, data, meter=True)
