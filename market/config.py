@@ -338,6 +338,30 @@ class GatewaySection:
     )
 
 
+def _publisher_keys(v: Any) -> str | None:
+    for item in v:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", item):
+            return f"{item!r} is not a 64-hex-digit ed25519 public key"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSection:
+    """Model releases: whose signatures to trust, and what the swarm may take of the uplink."""
+
+    publishers: tuple[str, ...] = setting(
+        (),
+        "Trusted release publishers (their public keys, from `hearth model key new`): the "
+        "node serves and `hearth model fetch` takes only their releases.",
+        check=_publisher_keys,
+        expect="64-hex-digit ed25519 public keys",
+    )
+    max_uploads: int = setting(4, "Release chunks sent to other nodes at once.", lo=1, hi=64)
+    upload_mbps: float = setting(
+        0.0, "Cap on release uploads, megabits per second (0 = none).", lo=0, hi=1e6
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class DashboardSection:
     """The node's local web dashboard."""
@@ -359,6 +383,7 @@ class HearthConfig:
     power: PowerSection = field(default_factory=PowerSection)
     gateway: GatewaySection = field(default_factory=GatewaySection)
     dashboard: DashboardSection = field(default_factory=DashboardSection)
+    release: ReleaseSection = field(default_factory=ReleaseSection)
 
     def path(self, value: str) -> Path:
         """A path setting with ``~`` expanded, e.g. ``cfg.path(cfg.identity.keystore)``."""

@@ -318,5 +318,10 @@ def _date(t: int) -> str:
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add `hearth model …` (no benchmarks yet)."""
+    """Add `hearth model …` (seed and fetch: :mod:`p2pnode.cli.model_swarm`)."""
+    from p2pnode.cli.model_swarm import bench_distribute, fetch, seed
+
+    model_app.command("seed")(seed)
+    model_app.command("fetch")(fetch)
     app.add_typer(model_app, name="model")
+    bench.command("distribute")(bench_distribute)

@@ -48,6 +48,9 @@ from p2pnode.node.scoring import ScoringService
 from p2pnode.node.telemetry import Telemetry
 from p2pnode.power import PowerPolicy
 from p2pnode.power.service import PowerService, run_power
+from p2pnode.release.fetch import announce
+from p2pnode.release.store import RELEASES_DIR, ReleaseStore
+from p2pnode.release.swarm import ChunkServer, UploadLimits
 
 __all__ = ["NodeSettings", "redeem_all", "run_node"]
 
@@ -86,6 +89,10 @@ class NodeSettings:
     power: Mapping[str, Any] = field(default_factory=dict)  # [power] tables (p2pnode.power)
     dashboard_port: int = 0  # 0 = no dashboard
     dashboard_token: str = ""
+    # Releases under data_dir/releases are served to the swarm (p2pnode.release): only
+    # those of these publishers, within this share of the uplink.
+    release_publishers: tuple[bytes, ...] = ()
+    release_uploads: UploadLimits = field(default_factory=UploadLimits)
 
 
 class _Node:
@@ -290,6 +297,7 @@ async def run_node(
                 limiter=PeerRateLimiter(),
             )
             net.set_handler(SCORE_PROTOCOL, scoring.handle)
+            nursery.start_soon(_seed_releases, node, net)
             await nursery.start(service.run)
             nursery.start_soon(_publish_offers, node, net, model, model_hex, gpus)
             nursery.start_soon(_watch_signals, drain)
@@ -313,6 +321,19 @@ async def run_node(
             (s.data_dir / "status.json").write_text(json.dumps(doc, indent=2, default=str))
             node.telemetry.close()
             nursery.cancel_scope.cancel()
+
+
+async def _seed_releases(node: _Node, net: NodeNet) -> None:
+    """Serve the releases this node holds (``data_dir/releases``) to the swarm: those of
+    a trusted publisher only, within the uplink share the config allows."""
+    s = node.s
+    store = ReleaseStore(s.data_dir / RELEASES_DIR)
+    server = ChunkServer(store, s.release_uploads, publishers=s.release_publishers)
+    server.install(net)
+    held = await trio.to_thread.run_sync(store.held)
+    for local in held:
+        if local.manifest.publisher in s.release_publishers:
+            await announce(net, local.release)
 
 
 def _measured(engine: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ def load_node_settings(path: str | Path) -> Any:
     from market.ledger import RedemptionPolicy
     from market.protocol.policy import CostPlusPolicy
     from p2pnode.node.runtime import NodeSettings
+    from p2pnode.release.swarm import upload_limits
 
     cfg = config_at(path, "node")  # what `hearth config check` lists, before any passphrase
     m = cfg.market
@@ -44,4 +45,6 @@ def load_node_settings(path: str | Path) -> Any:
         power=cfg.power.as_mapping(),
         dashboard_port=cfg.dashboard.port,
         dashboard_token=cfg.dashboard.token,
+        release_publishers=tuple(bytes.fromhex(k) for k in cfg.release.publishers),
+        release_uploads=upload_limits(cfg.release.max_uploads, cfg.release.upload_mbps),
     )

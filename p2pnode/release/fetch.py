@@ -36,11 +36,20 @@ import trio
 from p2pnode.net import NetError
 from p2pnode.net.framing import FramedStream
 from p2pnode.net.host import NodeNet
-from p2pnode.release.errors import ChunkMismatch
+from p2pnode.release.errors import ChunkMismatch, ReleaseError
+from p2pnode.release.manifest import SignedRelease
 from p2pnode.release.store import LocalRelease
-from p2pnode.release.swarm import RELEASE_PROTOCOL, SwarmError, receive_payload, request
+from p2pnode.release.swarm import (
+    RELEASE_PROTOCOL,
+    SwarmError,
+    name_key,
+    receive_payload,
+    release_key,
+    request,
+)
+from p2pnode.release.trust import TrustStore
 
-__all__ = ["FetchStats", "Fetcher"]
+__all__ = ["FetchStats", "Fetcher", "announce", "holders", "resolve"]
 
 
 @dataclass
@@ -222,6 +231,10 @@ class Fetcher:
                     p.bad = f"advertised chunk {c}, then said it does not hold it"
                     self._forget(p)
                 raise
+            if head.get("size") != self.local.length(c):  # before a byte of it is read
+                p.bad = f"announced chunk {c} as {head.get('size')!r} bytes"
+                self._forget(p)
+                return
             data = await receive_payload(fs, head)
             try:
                 fresh = await trio.to_thread.run_sync(self.local.write, c, data)
@@ -240,3 +253,68 @@ class Fetcher:
                 self._changed.set()
         finally:
             self.in_flight.discard(c)
+
+
+# ---------------------------------------------------------------------- finding a release
+async def holders(net: NodeNet, key: str, limit: int = 20) -> list[str]:
+    """Peers announced under ``key`` (DHT and rendezvous), and connected peers that
+    might serve releases: an answer of theirs is checked like any other."""
+    found: list[str] = []
+    with trio.move_on_after(10):
+        found = await net.find_providers(key, limit)
+    return list(dict.fromkeys([*found, *net.connected_peers()]))[: 4 * limit]
+
+
+async def announce(net: NodeNet, release: SignedRelease) -> None:
+    """Tell the swarm we hold (some of) ``release``: by its digest and its model name."""
+    await net.provide(release_key(release.digest))
+    await net.provide(name_key(release.manifest.name))
+
+
+async def resolve(
+    net: NodeNet,
+    trust: TrustStore,
+    name: str,
+    version: int | None = None,
+    *,
+    now: float | None = None,
+) -> SignedRelease:
+    """The release of model ``name`` to fetch: ``version``, or the newest the peers
+    offer, among those ``trust`` accepts (a trusted publisher's signature, unexpired,
+    no rollback). Raises :class:`~p2pnode.release.errors.ReleaseError` naming why each
+    offered release was refused, or ``LookupError`` when no peer offered any."""
+    seen: dict[str, SignedRelease] = {}
+    refused: dict[str, str] = {}
+    for peer in await holders(net, name_key(name)):
+        with trio.move_on_after(15):
+            try:
+                async with net.open_stream(peer, RELEASE_PROTOCOL, timeout=5) as fs:
+                    head = await request(fs, {"op": "find", "name": name})
+                    digests = head.get("digests")
+                    if not isinstance(digests, list):
+                        continue
+                    for digest in digests[:32]:
+                        if not isinstance(digest, str) or digest in seen or digest in refused:
+                            continue
+                        head = await request(fs, {"op": "manifest", "digest": digest})
+                        data = await receive_payload(fs, head)
+                        try:
+                            release = trust.check(data, now=now)
+                        except ReleaseError as e:
+                            refused[digest] = str(e)
+                            continue
+                        if release.digest == digest and release.manifest.name == name:
+                            seen[digest] = release
+            except (NetError, SwarmError):
+                continue
+    fits = [r for r in seen.values() if version is None or r.manifest.version == version]
+    if fits:
+        return max(fits, key=lambda r: (r.manifest.version, r.manifest.created_at))
+    want = f"{name}@{version}" if version is not None else name
+    if refused:
+        reasons = "; ".join(sorted(set(refused.values())))[:800]
+        raise ReleaseError(f"no acceptable release of {want}: {reasons}")
+    if seen:
+        offered = ", ".join(sorted({f"v{r.manifest.version}" for r in seen.values()}))
+        raise LookupError(f"no peer offers {want} (offered: {offered})")
+    raise LookupError(f"no peer offers a release of {name}")

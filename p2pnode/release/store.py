@@ -30,8 +30,9 @@ from p2pnode.release.errors import ChunkMismatch, MalformedRelease
 from p2pnode.release.files import RELEASE_SUFFIX
 from p2pnode.release.manifest import FileEntry, SignedRelease, check_chunk, decode_release
 
-__all__ = ["LocalRelease", "ReleaseStore"]
+__all__ = ["RELEASES_DIR", "LocalRelease", "ReleaseStore"]
 
+RELEASES_DIR = "releases"  # under a node's data_dir
 RELEASE_FILE = "release" + RELEASE_SUFFIX
 HAVE_FILE = "have.bin"
 FILES_DIR = "files"

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ __all__ = [
     "receive_payload",
     "release_key",
     "request",
+    "upload_limits",
 ]
 
 RELEASE_PROTOCOL = "/hearth/release/1"
@@ -89,6 +91,12 @@ class UploadLimits:
             raise ValueError("max_uploads must be >= 1, upload_bytes_per_s > 0 and spread_s >= 0")
 
 
+def upload_limits(max_uploads: int, upload_mbps: float) -> UploadLimits:
+    """The limits for a cap in megabits per second (0: none), as config and flags say it."""
+    rate = upload_mbps * 1e6 / 8 if upload_mbps > 0 else math.inf
+    return UploadLimits(max_uploads=max_uploads, upload_bytes_per_s=rate)
+
+
 @dataclass
 class _Bucket:
     rate: float
@@ -120,9 +128,17 @@ class _Given:
 class ChunkServer:
     """Serves the releases of a :class:`ReleaseStore` on ``/hearth/release/1``."""
 
-    def __init__(self, store: ReleaseStore, limits: UploadLimits | None = None) -> None:
+    def __init__(
+        self,
+        store: ReleaseStore,
+        limits: UploadLimits | None = None,
+        *,
+        publishers: Iterable[bytes] | None = None,
+    ) -> None:
+        """``publishers``: serve only their releases (``None``: any this store holds)."""
         self.store = store
         self.limits = limits or UploadLimits()
+        self.publishers = None if publishers is None else frozenset(publishers)
         self._slots = trio.Semaphore(self.limits.max_uploads)
         rate = self.limits.upload_bytes_per_s
         self._bucket = _Bucket(rate=rate, burst=max(FRAME, 0.25 * rate if rate < 1e18 else FRAME))
@@ -157,7 +173,9 @@ class ChunkServer:
             name = req.get("name")
             if not isinstance(name, str) or not 0 < len(name) <= 64:
                 raise SwarmError("bad_request", "find needs a model name")
-            digests = [r.digest for r in self.store.held() if r.manifest.name == name]
+            digests = [
+                r.digest for r in self.store.held() if r.manifest.name == name and self._serves(r)
+            ]
             await fs.send(_pack({"ok": True, "digests": digests[:32]}))
             return
         local = self._release(req)
@@ -167,7 +185,7 @@ class ChunkServer:
             await fs.send(_pack({"ok": True, "have": local.bitmap(), "held": local.held}))
         elif op == "chunk":
             i = req.get("i")
-            if not isinstance(i, int) or not 0 <= i < local.total:
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < local.total:
                 raise SwarmError("bad_request", f"chunk index must be in [0, {local.total})")
             if not local.has(i):
                 raise SwarmError("not_held", f"chunk {i} is not here yet")
@@ -187,9 +205,12 @@ class ChunkServer:
         if not isinstance(digest, str) or len(digest) != 64:
             raise SwarmError("bad_request", "digest must be 64 hex characters")
         local = self.store.get(digest.lower())
-        if local is None:
+        if local is None or not self._serves(local):
             raise SwarmError("not_held", f"release {digest[:16]}… is not held here")
         return local
+
+    def _serves(self, local: LocalRelease) -> bool:
+        return self.publishers is None or local.manifest.publisher in self.publishers
 
     def _spread(self, local: LocalRelease, i: int) -> None:
         """A seed gives each chunk out once before it gives any out twice (within

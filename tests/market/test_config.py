@@ -414,6 +414,9 @@ CHANGES = {
     "gateway.port": "8123",
     "dashboard.port": "0",
     "dashboard.token": '"a-token-of-16-chars"',
+    "release.publishers": f'["{"ab" * 32}"]',
+    "release.max_uploads": "2",
+    "release.upload_mbps": "40.0",
 }
 REFUSES = {"identity.passphrase_env": "wrong passphrase for the keystore"}
 
