@@ -142,11 +142,21 @@ def derive_release(root: Path, say: Callable[[str], None]) -> tuple[Path, Any, A
 
 
 def run_bench_distribute(
-    *, nodes: int = 8, log: Callable[[str], None] = lambda _line: None, keep: bool = False
+    *,
+    nodes: int = 8,
+    seed_mbps: float = 0.0,
+    log: Callable[[str], None] = lambda _line: None,
+    keep: bool = False,
 ) -> dict[str, Any]:
-    """Run every phase (see the module docstring) and return the figures."""
+    """Run every phase (see the module docstring) and return the figures.
+
+    ``seed_mbps`` caps the seed's uplink (megabits per second; 0 = none), as a home's
+    would be: then the seed, not this machine's CPU, bounds a fetch from it alone.
+    """
     if not 1 <= nodes <= 32:
         raise ValueError("nodes must be in [1, 32]")
+    if not 0 <= seed_mbps <= 1e6:
+        raise ValueError("seed_mbps must be in [0, 1e6]")
     root = Path(tempfile.mkdtemp(prefix="hearth-distribute-"))
     procs: list[ChildProc] = []
     try:
@@ -155,7 +165,7 @@ def run_bench_distribute(
         pub = key.public_bytes.hex()
         seed = ChildProc(
             ["model", "seed", str(folder), "--data-dir", str(root / "seed"), "--listen",
-             "/ip4/127.0.0.1/tcp/0", "--json"],
+             "/ip4/127.0.0.1/tcp/0", "--upload-mbps", str(seed_mbps), "--json"],
             root / "seed.log",
         )  # fmt: skip
         procs.append(seed)
@@ -221,6 +231,13 @@ def run_bench_distribute(
             "single_node_origin_bytes": solo_origin,
             "all_nodes_s": round(all_s, 2),
             "all_nodes_vs_single": round(all_s / single_s, 2),
+            "seed_upload_mbps": seed_mbps,
+            # With a capped seed, N nodes fetching from it alone need N x size through
+            # its uplink at least: the bound the swarm is measured against.
+            "seed_only_bound_s": (
+                round(nodes * size * 8 / (seed_mbps * 1e6), 2) if seed_mbps > 0 else None
+            ),
+            "swarm_bytes_per_s": round(nodes * size / all_s),
             "origin_bytes": swarm_origin,
             "origin_bytes_ratio": round(swarm_origin / size, 3),
             "origin_chunk_bytes_written": from_seed,

@@ -315,6 +315,10 @@ def fetch(
 
 def bench_distribute(
     nodes: Annotated[int, typer.Option("--nodes", help="Nodes fetching at once (1 to 32).")] = 8,
+    seed_mbps: Annotated[
+        float,
+        typer.Option("--seed-mbps", help="Cap the seed's uplink, megabits per second (0 = none)."),
+    ] = 0.0,
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the run's folder (logs, data) and print it.")
     ] = False,
@@ -330,8 +334,10 @@ def bench_distribute(
 
     if not 1 <= nodes <= 32:
         fail(f"--nodes {nodes}: expected 1 to 32")
+    if math.isnan(seed_mbps) or not 0 <= seed_mbps <= 1e6:
+        fail(f"--seed-mbps {seed_mbps}: expected 0 (no cap) or a positive number up to 1e6")
     log = (lambda _line: None) if as_json else (lambda line: typer.echo(line, err=True))
-    figures = run_bench_distribute(nodes=nodes, log=log, keep=keep)
+    figures = run_bench_distribute(nodes=nodes, seed_mbps=seed_mbps, log=log, keep=keep)
     if as_json:
         typer.echo(json.dumps(figures))
         return
@@ -348,6 +354,9 @@ def bench_distribute(
         ("all nodes hold it (s)", f"{figures['all_nodes_s']:.1f}", ""),
         ("one node alone (s)", f"{figures['single_node_s']:.1f}", ""),
         ("all / alone", f"{figures['all_nodes_vs_single']:.2f}", ""),
+        ("N from the seed alone, at least (s)",
+         f"{figures['seed_only_bound_s']:.1f}" if figures["seed_only_bound_s"] else "-",
+         "seed uplink capped"),
         ("re-fetched after kill -9", _mib(figures["refetched_bytes_after_kill"]),
          f"<= {_mib(figures['refetch_bound_bytes'])}"),
         ("bad releases refused", f"{figures['bad_releases_refused']}/"
