@@ -338,6 +338,12 @@ class GatewaySection:
     )
 
 
+def _release_name(v: Any) -> str | None:
+    if v == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v):
+        return None
+    return "not a release name"
+
+
 def _publisher_keys(v: Any) -> str | None:
     for item in v:
         if not re.fullmatch(r"[0-9a-fA-F]{64}", item):
@@ -355,6 +361,14 @@ class ReleaseSection:
         "node serves and `hearth model fetch` takes only their releases.",
         check=_publisher_keys,
         expect="64-hex-digit ed25519 public keys",
+    )
+    follow: str = setting(
+        "",
+        "A model name to keep up to date: the node fetches each newer release of it that "
+        'a trusted publisher announces and serves it in place of the running one ("" = '
+        "serve serving.model only).",
+        check=_release_name,
+        expect='a release name (letters, digits and ._-, up to 64) or ""',
     )
     max_uploads: int = setting(4, "Release chunks sent to other nodes at once.", lo=1, hi=64)
     upload_mbps: float = setting(

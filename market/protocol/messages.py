@@ -187,12 +187,14 @@ class GpuInfo(WireStruct):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelOffer(WireStruct):
-    """One model a provider serves, with its price."""
+    """One model a provider serves, with its price, and its release version (0: a model
+    not served as a signed release); a buyer asking by name takes the newest."""
 
     model_id: ModelId
     name: Annotated[str, Size(0, 128)]
     price_per_1k: Amount
     max_context: Annotated[int, Range(1, 2**24)]
+    version: Annotated[int, Range(0, 2**63 - 1)] = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

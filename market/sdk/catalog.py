@@ -19,6 +19,7 @@ class ModelListing:
     name: str
     providers: int
     best_price_per_1k: int
+    version: int = 0  # its release version (0: not a signed release)
 
 
 class Catalog:
@@ -72,6 +73,7 @@ class Catalog:
                 name=ms[0].name,
                 providers=len(ms),
                 best_price_per_1k=min(m.price_per_1k for m in ms),
+                version=max(m.version for m in ms),
             )
             for mid, ms in seen.items()
         ]
@@ -115,11 +117,22 @@ class Catalog:
         return [offer for _, offer in found]
 
     def resolve(self, model: str, now: float) -> str | None:
-        """A model's content address from its name or address (``None``: not offered)."""
+        """A model's content address from its address, its ``NAME`` (the newest release
+        offered under it) or ``NAME@VERSION`` (that release only); ``None``: not offered.
+        """
         wanted = model.removeprefix("sha256:").lower()
+        base, _, ver = wanted.rpartition("@") if "@" in wanted else (wanted, "", "")
+        pinned = int(ver) if ver.isdigit() else None
+        best: ModelListing | None = None
         for m in self.models(now):
+            if wanted == m.model_id:
+                return m.model_id
             name = m.name.lower()
             # "SmolLM2-135M-Instruct" also names "SmolLM2-135M-Instruct.Q4_1" (a quantisation)
-            if wanted in (m.model_id, name, name.rsplit(".", 1)[0]):
-                return m.model_id
-        return None
+            if base not in (name, name.rsplit(".", 1)[0]):
+                continue
+            if pinned is not None and m.version != pinned:
+                continue
+            if best is None or m.version > best.version:
+                best = m
+        return None if best is None else best.model_id

@@ -49,6 +49,7 @@ from market.protocol.events import (
     Event,
 )
 from market.protocol.evidence import Evidence
+from market.protocol.outcomes import BuyerFailure, BuyerOutcome
 from market.protocol.payments import BuyerWallet
 from market.protocol.signing import SigningKey
 from market.sdk.admission import AdmissionQueue
@@ -275,8 +276,11 @@ class Client:
         handle: JobHandle,
         timeout_s: float | None = None,
         first_token_timeout_s: float | None = None,
+        *,
+        renamed: int = 0,
     ) -> Result:
         model_id = await self.resolve_model(model)
+        asked_ceiling = ceiling  # a re-run on a new release prices that one afresh
         if ceiling is None:
             best = [
                 m.best_price_per_1k
@@ -323,8 +327,30 @@ class Client:
         ran = outcome.finished_at - run.started_at - outcome.queued_s
         # our slot (if we had one) is free: the next in line tries
         self.admission.finished(model_id, ran if outcome.completed else None)
+        newer = self._moved_on(model, model_id, outcome)
+        if newer is not None and renamed < 2:
+            # Asked by name, and nobody bid: its providers moved to a new release of it
+            # meanwhile (their old weights finish old jobs, take no new ones). The job
+            # goes to the address the name has now, as it would have a moment later.
+            logger.info("model %s moved from %s to %s: retrying the job", model, model_id, newer)
+            left = (timeout_s or machine.job_timeout_s) - (trio.current_time() - run.started_at)
+            return await self._run(
+                model, messages, prompt_text, p, asked_ceiling, out, handle, max(1.0, left),
+                first_token_timeout_s, renamed=renamed + 1,
+            )  # fmt: skip
         retry_after = self.admission.retry_after_s(model_id)
         return result_of(outcome, model_id, prompt_tokens, run, retry_after)
+
+    def _moved_on(self, model: str, model_id: str, outcome: BuyerOutcome) -> str | None:
+        """The address ``model`` names now, when a job by that name found no bidder at
+        ``model_id`` and the name has moved to another address since (``None``
+        otherwise: an address pins its version, and a job with tokens is not re-run)."""
+        if outcome.reason != BuyerFailure.NO_BIDS or outcome.token_ids:
+            return None
+        if model.removeprefix("sha256:").lower() == model_id:
+            return None
+        now = self.catalog.resolve(model, trio.current_time())
+        return now if now is not None and now != model_id else None
 
     async def keep_evidence(self, records: list[Evidence]) -> None:
         """Write a finished job's evidence to the ledger (none kept without a ledger);

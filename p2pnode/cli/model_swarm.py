@@ -82,9 +82,11 @@ def seed(
     upload_mbps: RateOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Serve releases to the swarm until stopped (Ctrl-C or SIGTERM).
+    """Serve releases to the swarm, and announce them, until stopped (Ctrl-C or SIGTERM).
 
-    Every chunk is checked against the signed manifest before it is offered; peers
+    Nodes that follow the model (release.follow) hear of the release on its
+    publisher's topic and update to it. Every chunk is checked against the signed
+    manifest before it is offered; peers
     fetch from the seed only what no other peer has yet, so its uplink sends each
     chunk about once.
     """
@@ -126,6 +128,7 @@ def seed(
     async def main() -> None:
         from p2pnode.net import open_node_host
         from p2pnode.release.fetch import announce
+        from p2pnode.release.follow import announce_releases
         from p2pnode.release.swarm import ChunkServer
 
         server = ChunkServer(store, limits)
@@ -134,6 +137,8 @@ def seed(
             await _dial(net, peer or [])
             for local in seeded:
                 net.start_soon(announce, net, local.release)
+            # and on each publisher's topic: nodes following the model update to it
+            net.start_soon(announce_releases, net, [r.release for r in seeded])
             _event(
                 as_json,
                 {

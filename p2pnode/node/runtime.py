@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -48,7 +48,9 @@ from p2pnode.node.scoring import ScoringService
 from p2pnode.node.telemetry import Telemetry
 from p2pnode.power import PowerPolicy
 from p2pnode.power.service import PowerService, run_power
+from p2pnode.release import TRUST_STORE_FILE, SignedRelease, TrustStore, check_golden
 from p2pnode.release.fetch import announce
+from p2pnode.release.follow import Follower
 from p2pnode.release.store import RELEASES_DIR, ReleaseStore
 from p2pnode.release.swarm import ChunkServer, UploadLimits
 
@@ -93,6 +95,25 @@ class NodeSettings:
     # those of these publishers, within this share of the uplink.
     release_publishers: tuple[bytes, ...] = ()
     release_uploads: UploadLimits = field(default_factory=UploadLimits)
+    # A model name to keep up to date: each newer release of it a trusted publisher
+    # announces is fetched, checked and served in place of the running one ("" = none).
+    release_follow: str = ""
+
+
+@dataclass(eq=False)
+class _Serving:
+    """One model being served: its engine, provider service and scoring. A node has one;
+    during an update the old one finishes its jobs while the new one takes new ones."""
+
+    model: Any  # LoadedModel
+    model_hex: str
+    name: str  # what offers call it: the release's name, or the model's
+    version: int  # the release version (0: a model not known as a release)
+    engine: Any  # Engine
+    rated_tokens_per_s: float | None  # a full batch's tokens/s at warm-up: what prices use
+    service: Any = None  # ProviderService
+    scoring: Any = None  # ScoringService
+    retired: trio.Event = field(default_factory=trio.Event)
 
 
 class _Node:
@@ -112,6 +133,8 @@ class _Node:
         # computed from (the live figures, which move with load, go to the scoring).
         self.rated_tokens_per_s: float | None = None
         self.engine: Any = None  # the serving Engine, once built (its meter: measured speed)
+        self.serving: _Serving | None = None  # the model new jobs go to
+        self.releases: ReleaseStore | None = None  # data_dir/releases (fetched, served)
         self.state = "starting"
         self.offers_changed = trio.Event()
         self.telemetry = Telemetry(
@@ -123,6 +146,39 @@ class _Node:
 
     def power_policy(self) -> PowerPolicy | None:
         return self.power.policy if self.power is not None else None
+
+    def use(self, serving: _Serving) -> None:
+        """Send new jobs (and the dashboard, status and offers) to ``serving``."""
+        self.serving = serving
+        self.service = serving.service
+        self.engine = serving.engine
+        self.rated_tokens_per_s = serving.rated_tokens_per_s
+        self.max_context = serving.engine.max_len  # offers state what the engine takes
+
+    def active_jobs(self) -> int:
+        """Jobs running now (the power governor's view)."""
+        return self.service.active_jobs if self.service is not None else 0
+
+    def status_of(self, serving: _Serving) -> ProviderStatus:
+        """``serving`` as measured now: speed at the batch a new job would join, and TTFT."""
+        s = self.s
+        policy = self.power_policy()
+        engine = serving.engine
+        speed = engine.speed()
+        return ProviderStatus(
+            provider=s.identity.peer_id,
+            provider_address=s.identity.eth_address_bytes,
+            region=s.region,
+            power_state=policy.state.wire if policy is not None else "normal",
+            models=frozenset({serving.model_hex}),
+            active_jobs=0,
+            capacity=min(s.capacity, policy.max_concurrency) if policy else s.capacity,
+            tokens_per_s=speed.tokens_per_s or s.tokens_per_s,
+            price_multiplier=max(1.0, policy.price_multiplier) if policy else 1.0,
+            ttft_ms=speed.ttft_ms,
+            rated_tokens_per_s=serving.rated_tokens_per_s,
+            dtype=engine.dtype if engine.plan is not None else "",
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a person or a scraper wants to know (safe from a worker thread)."""
@@ -180,7 +236,7 @@ async def run_node(
     settings: NodeSettings, *, task_status: trio.TaskStatus[_Node] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run a provider node until cancelled or drained by SIGTERM/SIGINT."""
-    from p2pnode.serving import Engine, load_model
+    from p2pnode.serving import Engine, LoadedModel, load_model
 
     s = settings
     node = _Node(s)
@@ -208,67 +264,101 @@ async def run_node(
     redeemer = Redeemer(ledger, hub, s.redemption)
 
     model = await trio.to_thread.run_sync(load_model, s.model_path)
-    model_hex = model.model_id.removeprefix("sha256:")
     gpus = await trio.to_thread.run_sync(detect_gpus)
-    engine = Engine(
-        model,
-        device=s.device,
-        kv_cache_mb=s.kv_cache_mb,
-        max_batch=max(8, s.capacity),
-        pack_weights=s.pack_weights,
-    )
+    node.releases = ReleaseStore(s.data_dir / RELEASES_DIR)
 
-    node.engine = engine
+    async def serve_model(
+        model: LoadedModel,
+        release: SignedRelease | None,
+        *,
+        task_status: trio.TaskStatus[_Serving] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve ``model`` until retired, then finish its jobs and free it.
 
-    def status() -> ProviderStatus:
-        """This node as measured now: speed at the batch a new job would join, and TTFT."""
-        policy = node.power_policy()
-        speed = engine.speed()
-        return ProviderStatus(
-            provider=ident.peer_id,
-            provider_address=ident.eth_address_bytes,
-            region=s.region,
-            power_state=policy.state.wire if policy is not None else "normal",
-            models=frozenset({model_hex}),
-            active_jobs=0,
-            capacity=min(s.capacity, policy.max_concurrency) if policy else s.capacity,
-            tokens_per_s=speed.tokens_per_s or s.tokens_per_s,
-            price_multiplier=max(1.0, policy.price_multiplier) if policy else 1.0,
-            ttft_ms=speed.ttft_ms,
-            rated_tokens_per_s=node.rated_tokens_per_s,
-            dtype=engine.dtype if engine.plan is not None else "",
+        Started once at boot, and again for each release the node updates to: the new
+        one warms up (and, for a release, passes its golden outputs) before it is
+        handed over; the old one takes no new job and ends when its last one does.
+        """
+        engine = Engine(
+            model,
+            device=s.device,
+            kv_cache_mb=s.kv_cache_mb,
+            max_batch=max(8, s.capacity),
+            pack_weights=s.pack_weights,
         )
+        async with engine:
+            # A few throwaway generations first: the first buyer does not pay for the
+            # warm-up, and the first offer states measured speed, not a guess.
+            first = await engine.warm_up(batch=s.capacity)
+            full = engine.meter.tokens_per_s(s.capacity)
+            logger.info(
+                "warm-up: %.1f tokens/s per job alone, TTFT %.0f ms; %s",
+                first.tokens_per_s or 0.0,
+                first.ttft_ms or 0.0,
+                engine.meter.reading().step_ms,
+            )
+            if release is not None:
+                await check_golden(engine, release.manifest)
+            model_hex = model.model_id.removeprefix("sha256:")
+            serving = _Serving(
+                model=model,
+                model_hex=model_hex,
+                name=release.manifest.name if release is not None else model.name,
+                version=release.manifest.version if release is not None else 0,
+                engine=engine,
+                rated_tokens_per_s=full * s.capacity if full else None,
+            )
+            service = ProviderService(
+                net=net,
+                key=ident.signing_key(),
+                engine=engine,
+                model_id=model_hex,
+                # the dashboard's price floor carries over to a new release
+                policy=node.service.policy if node.service is not None else s.policy,
+                book=book,
+                ledger=Ledger(s.data_dir / "ledger.sqlite"),  # its own connection
+                status=lambda: node.status_of(serving),
+                config=s.provider,
+                covers=covers,
+            )
+            serving.service = service
+            serving.scoring = ScoringService(  # verification jobs for buyers checking others
+                engine=engine,
+                key=ident.signing_key(),
+                model_id=model_hex,
+                book=book,
+                price_per_1k=lambda: service.policy.price_per_1k(service.status()),
+                in_ledger=service.in_ledger,
+                fresh_cover=service.fresh_cover,
+                limiter=PeerRateLimiter(),
+            )
+            async with trio.open_nursery() as jobs:
+                await jobs.start(service.run)
+                task_status.started(serving)
+                await serving.retired.wait()
+                service.accepting = False
+                while service.busy:  # its jobs finish here; new ones went to the next
+                    await trio.sleep(0.2)
+                jobs.cancel_scope.cancel()
+        logger.warning("stopped serving %s; its weights are freed", model_hex)
+
+    async def switch(model: LoadedModel, release: SignedRelease) -> None:
+        """Serve ``release`` (loaded as ``model``) from now on; the old model finishes."""
+        old = node.serving
+        new = await nursery.start(serve_model, model, release)
+        node.use(new)
+        net.set_handler(SCORE_PROTOCOL, new.scoring.handle)
+        node.offers_changed.set()  # buyers hear of the new address at once
+        logger.warning("now serving %s (%s)", release.manifest.label(), new.model_hex)
+        if old is not None:
+            old.retired.set()
 
     drain = trio.Event()
-    async with engine, open_node_host(ident.libp2p_keypair(), s.net) as net:
+    async with open_node_host(ident.libp2p_keypair(), s.net) as net:
         node.net = net
-        node.max_context = engine.max_len  # offers state what the engine really takes
-        service = ProviderService(
-            net=net,
-            key=ident.signing_key(),
-            engine=engine,
-            model_id=model_hex,
-            policy=s.policy,
-            book=book,
-            ledger=Ledger(s.data_dir / "ledger.sqlite"),  # its own connection (see in_ledger)
-            status=status,
-            config=s.provider,
-            covers=covers,
-        )
-        node.service = service
-        # A few throwaway generations first: the first buyer does not pay for the
-        # warm-up, and the first offer states measured speed, not a guess.
-        first = await engine.warm_up(batch=s.capacity)
-        full = engine.meter.tokens_per_s(s.capacity)
-        node.rated_tokens_per_s = full * s.capacity if full else None
-        logger.info(
-            "warm-up: %.1f tokens/s per job alone, TTFT %.0f ms; %s",
-            first.tokens_per_s or 0.0,
-            first.ttft_ms or 0.0,
-            engine.meter.reading().step_ms,
-        )
         async with trio.open_nursery() as nursery:
-            node.power = await nursery.start(run_power, s.power, lambda: service.active_jobs)
+            node.use(await nursery.start(serve_model, model, None))
+            node.power = await nursery.start(run_power, s.power, node.active_jobs)
             nursery.start_soon(_follow_power, node)
             nursery.start_soon(node.write_status)
             nursery.start_soon(covers.run)
@@ -285,29 +375,23 @@ async def run_node(
                     suspend=book.suspend,
                 )
             )
-            net.set_handler(OFFER_PROTOCOL, _offer_handler(node, model, model_hex, gpus))
-            scoring = ScoringService(  # verification jobs for buyers checking others
-                engine=engine,
-                key=ident.signing_key(),
-                model_id=model_hex,
-                book=book,
-                price_per_1k=lambda: service.policy.price_per_1k(service.status()),
-                in_ledger=service.in_ledger,
-                fresh_cover=service.fresh_cover,
-                limiter=PeerRateLimiter(),
-            )
-            net.set_handler(SCORE_PROTOCOL, scoring.handle)
+            net.set_handler(OFFER_PROTOCOL, _offer_handler(node, gpus))
+            assert node.serving is not None
+            net.set_handler(SCORE_PROTOCOL, node.serving.scoring.handle)
             nursery.start_soon(_seed_releases, node, net)
-            await nursery.start(service.run)
-            nursery.start_soon(_publish_offers, node, net, model, model_hex, gpus)
+            if s.release_follow:
+                nursery.start_soon(_follow_releases, node, net, switch)
+            nursery.start_soon(_publish_offers, node, net, gpus)
             nursery.start_soon(_watch_signals, drain)
             node.state = "serving"
             logger.info("node %s serving %s on %s", ident.peer_id, model.name, net.addrs)
             task_status.started(node)
             await drain.wait()
             node.state = "draining"
+            service = node.service
+            assert service is not None
             service.accepting = False
-            await _publish_offer(node, net, model, model_hex, gpus)  # tell buyers at once
+            await _publish_offer(node, net, gpus)  # tell buyers at once
             # Finish what ends soon; hand the rest to runner-ups (they resume from the
             # delivered tokens), so a shutdown never drops a buyer's job.
             service.hand_off(s.drain_finish_s)
@@ -327,13 +411,32 @@ async def _seed_releases(node: _Node, net: NodeNet) -> None:
     """Serve the releases this node holds (``data_dir/releases``) to the swarm: those of
     a trusted publisher only, within the uplink share the config allows."""
     s = node.s
-    store = ReleaseStore(s.data_dir / RELEASES_DIR)
+    store = node.releases
+    assert store is not None
     server = ChunkServer(store, s.release_uploads, publishers=s.release_publishers)
     server.install(net)
     held = await trio.to_thread.run_sync(store.held)
     for local in held:
         if local.manifest.publisher in s.release_publishers:
             await announce(net, local.release)
+
+
+async def _follow_releases(
+    node: _Node, net: NodeNet, switch: Callable[[Any, SignedRelease], Awaitable[None]]
+) -> None:
+    """Update to each newer release of ``release.follow`` its publishers announce."""
+    s = node.s
+    assert node.releases is not None
+    with TrustStore(s.data_dir / TRUST_STORE_FILE, trusted=s.release_publishers) as trust:
+        follower = Follower(
+            net=net,
+            store=node.releases,
+            trust=trust,
+            name=s.release_follow,
+            current=lambda: node.serving.version if node.serving is not None else 0,
+            switch=switch,
+        )
+        await follower.run()
 
 
 def _measured(engine: Any) -> dict[str, Any]:
@@ -364,9 +467,11 @@ def redeem_all(redeemer: Redeemer) -> int:
     return sent
 
 
-def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Offer:
-    svc = node.service
-    assert svc is not None
+def _offer(node: _Node, gpus: tuple[Any, ...]) -> Offer:
+    serving = node.serving
+    assert serving is not None
+    svc = serving.service
+    model = serving.model
     st = svc.status()
     # the service's policy: the dashboard's price floor replaces it there
     policy = svc.policy if isinstance(svc.policy, CostPlusPolicy) else node.s.policy
@@ -380,8 +485,9 @@ def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Of
         gpus=gpus,
         models=(
             ModelOffer(
-                model_id=model_hex,
-                name=model.name,
+                model_id=serving.model_hex,
+                name=serving.name,
+                version=serving.version,
                 price_per_1k=policy.price_per_1k(st),
                 max_context=node.max_context or model.config.max_position_embeddings,
             ),
@@ -393,31 +499,31 @@ def _offer(node: _Node, model: Any, model_hex: str, gpus: tuple[Any, ...]) -> Of
     )
 
 
-def _sealed_offer(node: _Node, model: Any, model_hex: str, gpus: Any) -> bytes:
+def _sealed_offer(node: _Node, gpus: Any) -> bytes:
     """This node's offer as of now, in an envelope signed by its identity."""
-    return sealed(_offer(node, model, model_hex, gpus), node.s.identity.signing_key())
+    return sealed(_offer(node, gpus), node.s.identity.signing_key())
 
 
-async def _publish_offer(node: _Node, net: NodeNet, model: Any, model_hex: str, gpus: Any) -> None:
+async def _publish_offer(node: _Node, net: NodeNet, gpus: Any) -> None:
     try:
-        await net.publish(offers_topic(), _sealed_offer(node, model, model_hex, gpus))
+        await net.publish(offers_topic(), _sealed_offer(node, gpus))
     except Exception as exc:  # no peers yet: the next round will do
         logger.debug("offer not published: %r", exc)
 
 
-def _offer_handler(node: _Node, model: Any, model_hex: str, gpus: Any) -> Any:
+def _offer_handler(node: _Node, gpus: Any) -> Any:
     """Serve ``/hearth/offer/1``: this node's offer as of now, signed, to whoever asks."""
 
     async def handler(fs: FramedStream) -> None:
-        await fs.send(_sealed_offer(node, model, model_hex, gpus))
+        await fs.send(_sealed_offer(node, gpus))
 
     return handler
 
 
-async def _publish_offers(node: _Node, net: NodeNet, model: Any, model_hex: str, gpus: Any) -> None:
+async def _publish_offers(node: _Node, net: NodeNet, gpus: Any) -> None:
     """Offer every ``offer_interval_s``, and at once when power or price changes."""
     while True:
-        await _publish_offer(node, net, model, model_hex, gpus)
+        await _publish_offer(node, net, gpus)
         with trio.move_on_after(node.s.offer_interval_s):
             await node.offers_changed.wait()
         node.offers_changed = trio.Event()

@@ -47,4 +47,5 @@ def load_node_settings(path: str | Path) -> Any:
         dashboard_token=cfg.dashboard.token,
         release_publishers=tuple(bytes.fromhex(k) for k in cfg.release.publishers),
         release_uploads=upload_limits(cfg.release.max_uploads, cfg.release.upload_mbps),
+        release_follow=cfg.release.follow,
     )

@@ -415,6 +415,7 @@ CHANGES = {
     "dashboard.port": "0",
     "dashboard.token": '"a-token-of-16-chars"',
     "release.publishers": f'["{"ab" * 32}"]',
+    "release.follow": '"smol"',
     "release.max_uploads": "2",
     "release.upload_mbps": "40.0",
 }

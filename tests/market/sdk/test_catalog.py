@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from market.protocol import ModelOffer, Offer
@@ -80,3 +81,24 @@ def test_draining_expired_and_other_models_are_not_candidates() -> None:
     c.add(offer("PD"), 0.0)
     assert [o.provider for o in c.candidates(MODEL, 2.0)] == ["PD"]
     assert c.candidates("ef" * 32, 2.0) == []
+
+
+def test_a_name_resolves_to_its_newest_release_and_name_at_version_pins_one() -> None:
+    """Mid-rollout some providers serve release 1 of a model, others release 2: a buyer
+    asking by name takes the newest; NAME@VERSION pins one; an address pins itself."""
+    old, new = "c1" * 32, "c2" * 32
+
+    def serving(p: str, model_id: str, version: int) -> Offer:
+        m = ModelOffer(model_id=model_id, name="smol", price_per_1k=1, max_context=2048)
+        return offer(p, models=(dataclasses.replace(m, version=version),))
+
+    c = catalog(serving("PA", old, 1), serving("PB", new, 2), serving("PC", old, 1))
+    assert c.resolve("smol", 1.0) == new
+    assert c.resolve("SMOL", 1.0) == new
+    assert c.resolve("smol@1", 1.0) == old
+    assert c.resolve("smol@2", 1.0) == new
+    assert c.resolve("smol@3", 1.0) is None
+    assert c.resolve(old, 1.0) == old and c.resolve("sha256:" + old, 1.0) == old
+    # once release 2's only provider is gone, the name falls back to what is offered
+    c = catalog(serving("PA", old, 1))
+    assert c.resolve("smol", 1.0) == old
