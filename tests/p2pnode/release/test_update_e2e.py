@@ -1,11 +1,12 @@
 """Updates without downtime (issue 17), with real processes and the real model.
 
-A homeowner node ("uma") serves release 1 of the model "smol" (two decoder layers of
-SmolLM2 in bf16) and follows the name. While a buyer keeps jobs running on it, the
-publisher seeds release 2 (other weights) and announces it on its topic. The node
-fetches it through the swarm, checks it (every chunk, the content address, the golden
-outputs), moves new jobs to it and lets the old weights finish theirs: no job fails,
-and a greedy job afterwards is served by release 2.
+Three homeowner nodes serve release 1 of the model "smol" (two decoder layers of
+SmolLM2 in bf16) and follow the name. While a buyer keeps jobs running on them, the
+publisher seeds release 2 (other weights) and announces it on its topic. Each node
+fetches it through the swarm (from the seed and from one another), checks it (every
+chunk, the content address, the golden outputs), moves new jobs to it and lets the old
+weights finish theirs: no job fails, every node offers release 2, and a greedy job
+pinned to it gives its golden tokens.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from p2pnode.release.files import RELEASE_SUFFIX
 from tests.p2pnode.release.factory import ModelDirs, key, release_of
 
 MiB = 1 << 20
+NODES = ("uma", "ugo", "una")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def setup(
         f'publishers = ["{publisher.public_bytes.hex()}"]\nfollow = "smol"\n',
     )
     try:
-        m.stand_up(["uma"])
+        m.stand_up(NODES)
         yield m, v2, release
     finally:
         m.stop()
@@ -67,8 +69,17 @@ async def test_a_node_updates_to_a_new_release_under_load_and_loses_no_job(
     results: list[Result] = []
     failures: list[BaseException] = []
     async with open_buyer_client(load_buyer(market.config_for("buyer"), market.env)) as client:
+
+        def offering(model_hex: str) -> int:
+            return sum(
+                1
+                for o in client.catalog.candidates(model_hex, trio.current_time())
+                if o.provider in ids
+            )
+
+        ids = {market.node(n).peer_id for n in NODES}
         with trio.fail_after(90):
-            while client.catalog.resolve("smol", trio.current_time()) != v1_hex:
+            while offering(v1_hex) < len(NODES):
                 await trio.sleep(0.2)
         stop = trio.Event()
 
@@ -96,8 +107,8 @@ async def test_a_node_updates_to_a_new_release_under_load_and_loses_no_job(
                 for i in range(2):
                     nursery.start_soon(load, i)
                 await trio.to_thread.run_sync(seed.wait_event, "ready", 60)
-                with trio.fail_after(180):
-                    while client.catalog.resolve("smol", trio.current_time()) != v2_hex:
+                with trio.fail_after(240):  # every node moved to release 2
+                    while offering(v2_hex) < len(NODES):
                         await trio.sleep(0.2)
                 await trio.sleep(3)  # the load goes on on release 2
                 stop.set()
@@ -108,6 +119,7 @@ async def test_a_node_updates_to_a_new_release_under_load_and_loses_no_job(
                 timeout_s=60,
             )
             await after.text()
+            origin = int(seed.last["stats"]["uploaded_bytes"])
         finally:
             seed.stop()
     assert failures == []
@@ -115,5 +127,8 @@ async def test_a_node_updates_to_a_new_release_under_load_and_loses_no_job(
     assert served == {v1_hex, v2_hex}, served  # jobs ran on both, none failed
     assert after.result.model_id.removeprefix("sha256:") == v2_hex
     assert after.result.token_ids == release.manifest.golden[0].token_ids
-    log = (market.dir / "uma" / "node.log").read_text()
-    assert f"stopped serving {v1_hex}" in log  # the old weights were let go
+    for name in NODES:
+        log = (market.dir / name / "node.log").read_text()
+        assert f"stopped serving {v1_hex}" in log, name  # the old weights were let go
+    size = release.manifest.total_size
+    assert origin < len(NODES) * size, origin / size  # the nodes also fetched from one another
