@@ -15,9 +15,11 @@ stream asks for one chunk at a time:
 * a chunk is checked against the signed manifest before it is written; a peer that
   sends a wrong one, or denies holding a chunk its have-map claims, is dropped for the
   rest of the fetch;
-* a busy or failing peer is left alone for a moment (``busy``), then asked again; a
-  chunk a seed refused with ``spread`` is asked of it again only after half a second,
-  its other chunks first.
+* a failing peer is left alone for a moment, then asked again; a peer that answers
+  ``busy`` rests twice as long each time in a row (up to 30 s), and while a partial
+  holder rests the seeds serve its chunks, so a peer that advertises chunks and never
+  gives them cannot stall a fetch; a chunk a seed refused with ``spread`` is asked of
+  it again only after half a second, its other chunks first.
 
 What was written survives a ``kill -9``: a new :class:`Fetcher` on the same store
 asks only for the chunks not marked held, so a restart re-fetches at most the chunks
@@ -58,6 +60,7 @@ class _Peer:
     have: bytearray | None = None  # one byte per chunk, like LocalRelease.have
     complete: bool = False
     resting_until: float = 0.0
+    busy_streak: int = 0  # "busy" answers in a row: each one rests it twice as long
     deferred: dict[int, float] = field(default_factory=dict)  # "spread": chunk -> ask again at
     bad: str = ""  # why it is dropped for good
     received: int = 0  # bytes we took from it
@@ -186,7 +189,7 @@ class Fetcher:
             if p.deferred.get(c, 0.0) > now:
                 continue  # the seed said "spread" for it: ask it for the others first
             rarity = self.rarity[c]
-            if p.complete and rarity > 0:
+            if p.complete and rarity > 0 and self._partial_holder(c, now):
                 continue  # a partial holder has it: the swarm, not the seed, copies it
             key = (rarity, self.rank[c])
             if best is None or key < best:
@@ -194,6 +197,15 @@ class Fetcher:
                 if rarity <= 1 and not p.complete:
                     break  # only this peer (or nobody partial) has it: as rare as it gets
         return choice
+
+    def _partial_holder(self, c: int, now: float) -> bool:
+        """Some partial holder of chunk ``c`` may be asked for it now (not resting after
+        a refusal, not dropped): a peer that stays busy does not keep seeds from it."""
+        return any(
+            q.have is not None and q.have[c] and not q.complete and not q.bad
+            and q.resting_until <= now
+            for q in self.peers.values()
+        )  # fmt: skip
 
     async def _worker(self, p: _Peer) -> None:
         while not self.local.complete and not p.bad:
@@ -214,7 +226,11 @@ class Fetcher:
                         await self._one(p, fs, c)
             except (NetError, SwarmError) as e:
                 code = e.code if isinstance(e, SwarmError) else "net"
-                if code != "spread":  # (a spread refusal defers the chunk, not the peer)
+                if code == "busy":  # again and again: rest ever longer (up to 30 s)
+                    p.busy_streak += 1
+                    rest = min(30.0, self.rest_s * 2 ** min(p.busy_streak - 1, 8))
+                    p.resting_until = time.monotonic() + rest
+                elif code != "spread":  # (a spread refusal defers the chunk, not the peer)
                     p.resting_until = time.monotonic() + self.rest_s
 
     async def _one(self, p: _Peer, fs: FramedStream, c: int) -> None:
@@ -243,6 +259,7 @@ class Fetcher:
                 p.bad = f"sent a chunk that is not the release's: {e}"
                 self._forget(p)
                 return
+            p.busy_streak = 0
             if fresh:
                 n = len(data)
                 p.received += n

@@ -129,7 +129,7 @@ def _pack(obj: object) -> bytes:
 class Hostile:
     """A peer on ``/hearth/release/1`` that claims the chunks ``claims`` of a release of
     chunk lengths ``lengths`` and answers every chunk request with random bytes of the
-    right length (``chunk="garbage"``) or ``not_held`` (``chunk="not_held"``), after
+    right length (``chunk="garbage"``), ``not_held`` or ``busy`` (``chunk=`` those), after
     ``chunk_delay`` s; have-maps after the first wait ``later_have_delay`` s."""
 
     def __init__(
@@ -161,8 +161,8 @@ class Hostile:
             elif req["op"] == "chunk":
                 self.chunk_requests += 1
                 await trio.sleep(self.chunk_delay)
-                if self.chunk == "not_held":
-                    await fs.send(_pack({"ok": False, "error": "not_held", "detail": "gone"}))
+                if self.chunk in ("not_held", "busy"):
+                    await fs.send(_pack({"ok": False, "error": self.chunk, "detail": "no"}))
                     continue
                 size = self.lengths[req["i"]]
                 await fs.send(_pack({"ok": True, "size": size}))
@@ -441,3 +441,25 @@ async def test_a_seed_is_asked_only_for_the_chunks_no_partial_holder_has(
     assert local.complete and _same(src, local.files)
     assert f.stats.by_peer == {seed.peer_id: lacking, partial.peer_id: TOTAL - lacking}
     assert server.stats["uploaded_bytes"] == lacking
+
+
+async def test_a_partial_holder_that_is_always_busy_cannot_starve_the_fetch(
+    tmp_path: Path, publisher: SigningKey
+) -> None:
+    """A peer advertising all but one chunk, then answering ``busy`` forever: the seed
+    is asked for its chunks only while a partial holder is available, so this peer would
+    keep the seed from ever being asked (a stall any stranger could cause). A busy peer
+    rests longer each time it is busy again, and while it rests the seed serves."""
+    src, held, seed_store = _seed(tmp_path, publisher)
+    release = held.release
+    local = ReleaseStore(tmp_path / "me").open(release)
+    wall = Hostile(_lengths(local), set(range(1, local.total)), chunk="busy")
+    async with _hosts(3) as (me, seed, stonewall):
+        ChunkServer(seed_store).install(seed)
+        stonewall.set_handler(RELEASE_PROTOCOL, wall.serve)
+        f = _fetcher(me, local, [stonewall, seed])
+        with trio.fail_after(20):
+            stats = await f.run()
+    assert local.complete and _same(src, local.files)
+    assert set(stats.by_peer) == {seed.peer_id}
+    assert wall.chunk_requests < 4 * PER_PEER  # asked again ever more rarely
