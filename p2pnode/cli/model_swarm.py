@@ -201,6 +201,13 @@ def fetch(
     seed_after: Annotated[
         bool, typer.Option("--seed-after", help="Keep serving it once fetched, until stopped.")
     ] = False,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(
+            "--stall-timeout",
+            help="Give up (resumable) after this many seconds without a new chunk.",
+        ),
+    ] = 300.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a model release from the swarm, resuming any earlier partial fetch.
@@ -214,6 +221,8 @@ def fetch(
     from p2pnode.release import TRUST_STORE_FILE, TrustStore, parse_publisher_key, read_release
     from p2pnode.release.store import ReleaseStore
 
+    if not 1 <= stall_timeout <= 86_400:
+        fail(f"--stall-timeout {stall_timeout}: expected 1 to 86400 seconds")
     name, _, ver = target.partition("@")
     version: int | None = None
     if ver:
@@ -243,7 +252,7 @@ def fetch(
     async def main() -> None:
         from p2pnode.net import open_node_host
         from p2pnode.release.fetch import Fetcher, announce, holders, resolve
-        from p2pnode.release.swarm import ChunkServer, release_key
+        from p2pnode.release.swarm import ChunkServer, SwarmError, release_key
 
         async with open_node_host(_keypair(), net_cfg) as net:
             ChunkServer(store, limits).install(net)
@@ -275,7 +284,11 @@ def fetch(
             for p in dialed:
                 fetcher.add_peer(p)
             t0 = time.monotonic()
-            stats = await fetcher.run()
+            try:
+                stats = await fetcher.run(stall_s=stall_timeout)
+            except SwarmError as e:
+                shown.finish()
+                fail(f"fetching {m.label()} stopped: {e.detail}")
             seconds = time.monotonic() - t0
             shown.finish()
             if verify:

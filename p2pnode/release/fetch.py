@@ -114,12 +114,24 @@ class Fetcher:
         if peer_id != self.net.peer_id and peer_id not in self.peers:
             self.peers[peer_id] = _Peer(peer_id)
 
-    async def run(self) -> FetchStats:
-        """Fetch until every chunk is held; returns what this fetch did."""
+    async def run(self, *, stall_s: float | None = None) -> FetchStats:
+        """Fetch until every chunk is held; returns what this fetch did.
+
+        Raises :class:`SwarmError` (``stalled``) when no new chunk came for ``stall_s``
+        seconds (no peer holds the rest, or none answers); what was written stays.
+        """
+        stalled = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._discover)
             started: set[str] = set()
+            mark, since = self.local.held, time.monotonic()
             while not self.local.complete:
+                now = time.monotonic()
+                if self.local.held != mark:
+                    mark, since = self.local.held, now
+                elif stall_s is not None and now - since > stall_s:
+                    stalled = True
+                    break
                 for p in list(self.peers.values()):
                     if p.peer_id not in started and not p.bad:
                         started.add(p.peer_id)
@@ -130,6 +142,13 @@ class Fetcher:
                     await self._changed.wait()
                 self._changed = trio.Event()
             nursery.cancel_scope.cancel()
+        if stalled:
+            local = self.local
+            raise SwarmError(
+                "stalled",
+                f"no new chunk for {stall_s:.0f} s from {len(self.peers)} known peer(s); "
+                f"{local.held} of {local.total} chunks held (run again to resume)",
+            )
         return self.stats
 
     # ------------------------------------------------------------------ peers

@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 ANNOUNCE_EVERY_S = 30.0
 MAX_ANNOUNCEMENT = 512 * 1024  # a release file on gossip (SmolLM2's is 17 KB in fp32)
+STALL_S = 600.0  # an update whose fetch gets no chunk this long waits for the next announcement
 
 
 def release_topic(publisher: bytes) -> str:
@@ -156,7 +157,7 @@ class Follower:
             if origin:
                 fetcher.add_peer(origin)
             try:
-                await fetcher.run()
+                await fetcher.run(stall_s=STALL_S)
             except (NetError, SwarmError) as e:
                 logger.warning("fetching %s failed: %s (next announcement retries)", m.label(), e)
                 return False

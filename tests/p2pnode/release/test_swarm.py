@@ -463,3 +463,23 @@ async def test_a_partial_holder_that_is_always_busy_cannot_starve_the_fetch(
     assert local.complete and _same(src, local.files)
     assert set(stats.by_peer) == {seed.peer_id}
     assert wall.chunk_requests < 4 * PER_PEER  # asked again ever more rarely
+
+
+async def test_a_fetch_nobody_can_serve_stops_as_stalled_and_keeps_what_it_has(
+    tmp_path: Path, publisher: SigningKey
+) -> None:
+    """The only peer holds a few chunks: those come, then nothing for ``stall_s``; the
+    fetch says so (``stalled``) instead of waiting forever, and keeps what it wrote."""
+    _, held, _ = _seed(tmp_path, publisher)
+    release = held.release
+    few = ReleaseStore(tmp_path / "few").open(release)
+    for i in range(5):
+        assert few.write(i, held.read(i))
+    local = ReleaseStore(tmp_path / "me").open(release)
+    async with _hosts(2) as (me, partial):
+        ChunkServer(ReleaseStore(tmp_path / "few")).install(partial)
+        f = _fetcher(me, local, [partial])
+        with trio.fail_after(10), pytest.raises(SwarmError) as e:
+            await f.run(stall_s=1.0)
+    assert e.value.code == "stalled" and "5 of" in e.value.detail
+    assert local.held == 5 and ReleaseStore(tmp_path / "me").open(release).held == 5
