@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["Audit", "fraud_check"]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def fraud_check(data: bytes, origin: str) -> None:
@@ -88,20 +90,22 @@ class Audit:
         """Every provider routed around (never asked to verify either)."""
         return set(self._distrusted)
 
-    async def _store(self, fn: object) -> object:
+    async def _store(self, fn: Callable[[EvidenceStore], T]) -> T | None:
+        """``fn(store)`` on the ledger's evidence store, off the event loop (``None``
+        without a ledger)."""
         ledger = self.client.ledger
         if ledger is None:
             return None
 
-        def run() -> object:
-            return fn(EvidenceStore(ledger.db))  # type: ignore[operator]
+        def run() -> T:
+            return fn(EvidenceStore(ledger.db))
 
         return await trio.to_thread.run_sync(run, limiter=self.client._ledger_limiter)
 
     async def load(self) -> None:
         """Take back the providers an earlier run routed around."""
         found = await self._store(lambda store: store.distrusted())
-        if isinstance(found, dict):
+        if found is not None:
             self._distrusted.update(found)
 
     # ----------------------------------------------------------------- sampling
@@ -152,12 +156,12 @@ class Audit:
         digest = ev.digest()
         self._distrusted[ev.provider] = why
         now = time.time()
-        await self._store(
-            lambda store: (
-                store.set_verdict(digest.hex(), why),
-                store.distrust(ev.provider, why, evidence=digest.hex(), now=now),
-            )
-        )
+
+        def keep(store: EvidenceStore) -> None:
+            store.set_verdict(digest.hex(), why)
+            store.distrust(ev.provider, why, evidence=digest.hex(), now=now)
+
+        await self._store(keep)
         report = FraudReport(
             provider=ev.provider,
             model_id=ev.model_id,
@@ -215,13 +219,13 @@ class Audit:
         why = f"fraud report by {report.reporter[-8:]} re-verified ({mine.verifier[-8:]}): {mine.verdict.detail}"
         self._distrusted[report.provider] = why
         now = time.time()
-        await self._store(
-            lambda store: (
-                store.put(ev, now=now),
-                store.set_verdict(ev.digest().hex(), why),
-                store.distrust(report.provider, why, evidence=ev.digest().hex(), now=now),
-            )
-        )
+
+        def keep(store: EvidenceStore) -> None:
+            store.put(ev, now=now)
+            store.set_verdict(ev.digest().hex(), why)
+            store.distrust(report.provider, why, evidence=ev.digest().hex(), now=now)
+
+        await self._store(keep)
 
     async def _fetch(self, report: FraudReport) -> Evidence:
         """The record a report names, from its reporter, checked before anything else."""
@@ -247,10 +251,9 @@ class Audit:
             raise RemoteProtocolError("an evidence stream must open with an EvidenceRequest")
         digest = req.evidence.hex()
         row = await self._store(lambda store: store.get(digest))
-        shared = row is not None and getattr(row, "verdict", "") not in ("", "ok")
-        if not shared:
+        if row is None or row.verdict in ("", "ok"):
             raise RemoteProtocolError("no reported record by that hash")
-        record = row.evidence.encode()  # type: ignore[union-attr]
+        record = row.evidence.encode()
         await send_message(
             fs, EvidenceRecord(evidence=req.evidence, record=record), self.client.key
         )
