@@ -105,7 +105,6 @@ class _Serving:
     """One model being served: its engine, provider service and scoring. A node has one;
     during an update the old one finishes its jobs while the new one takes new ones."""
 
-    model: Any  # LoadedModel
     model_hex: str
     name: str  # what offers call it: the release's name, or the model's
     version: int  # the release version (0: a model not known as a release)
@@ -125,14 +124,8 @@ class _Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.s = settings
         self.started_at = time.time()
-        self.service: ProviderService | None = None
         self.net: NodeNet | None = None
         self.power: PowerService | None = None
-        self.max_context = 0  # the engine's real context, once it is started
-        # The box's tokens/s over a full batch, measured at warm-up: what prices are
-        # computed from (the live figures, which move with load, go to the scoring).
-        self.rated_tokens_per_s: float | None = None
-        self.engine: Any = None  # the serving Engine, once built (its meter: measured speed)
         self.serving: _Serving | None = None  # the model new jobs go to
         self.releases: ReleaseStore | None = None  # data_dir/releases (fetched, served)
         self.state = "starting"
@@ -147,13 +140,15 @@ class _Node:
     def power_policy(self) -> PowerPolicy | None:
         return self.power.policy if self.power is not None else None
 
-    def use(self, serving: _Serving) -> None:
-        """Send new jobs (and the dashboard, status and offers) to ``serving``."""
-        self.serving = serving
-        self.service = serving.service
-        self.engine = serving.engine
-        self.rated_tokens_per_s = serving.rated_tokens_per_s
-        self.max_context = serving.engine.max_len  # offers state what the engine takes
+    @property
+    def service(self) -> ProviderService | None:
+        """The provider service new jobs go to (what the dashboard and status show)."""
+        return self.serving.service if self.serving is not None else None
+
+    @property
+    def engine(self) -> Any:
+        """The engine new jobs go to (its meter: measured speed), once built."""
+        return self.serving.engine if self.serving is not None else None
 
     def active_jobs(self) -> int:
         """Jobs running now (the power governor's view)."""
@@ -301,7 +296,6 @@ async def run_node(
                 await check_golden(engine, release.manifest)
             model_hex = model.model_id.removeprefix("sha256:")
             serving = _Serving(
-                model=model,
                 model_hex=model_hex,
                 name=release.manifest.name if release is not None else model.name,
                 version=release.manifest.version if release is not None else 0,
@@ -346,7 +340,7 @@ async def run_node(
         """Serve ``release`` (loaded as ``model``) from now on; the old model finishes."""
         old = node.serving
         new = await nursery.start(serve_model, model, release)
-        node.use(new)
+        node.serving = new
         net.set_handler(SCORE_PROTOCOL, new.scoring.handle)
         node.offers_changed.set()  # buyers hear of the new address at once
         logger.warning("now serving %s (%s)", release.manifest.label(), new.model_hex)
@@ -357,7 +351,7 @@ async def run_node(
     async with open_node_host(ident.libp2p_keypair(), s.net) as net:
         node.net = net
         async with trio.open_nursery() as nursery:
-            node.use(await nursery.start(serve_model, model, None))
+            node.serving = await nursery.start(serve_model, model, None)
             node.power = await nursery.start(run_power, s.power, node.active_jobs)
             nursery.start_soon(_follow_power, node)
             nursery.start_soon(node.write_status)
@@ -471,7 +465,6 @@ def _offer(node: _Node, gpus: tuple[Any, ...]) -> Offer:
     serving = node.serving
     assert serving is not None
     svc = serving.service
-    model = serving.model
     st = svc.status()
     # the service's policy: the dashboard's price floor replaces it there
     policy = svc.policy if isinstance(svc.policy, CostPlusPolicy) else node.s.policy
@@ -489,7 +482,7 @@ def _offer(node: _Node, gpus: tuple[Any, ...]) -> Offer:
                 name=serving.name,
                 version=serving.version,
                 price_per_1k=policy.price_per_1k(st),
-                max_context=node.max_context or model.config.max_position_embeddings,
+                max_context=serving.engine.max_len,  # what the engine really takes
             ),
         ),
         ttl_s=node.s.offer_ttl_s,

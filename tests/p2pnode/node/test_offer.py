@@ -28,18 +28,16 @@ def status(**kw: Any) -> ProviderStatus:
     return ProviderStatus(**fields)
 
 
-MODEL = SimpleNamespace(name="SmolLM2", config=SimpleNamespace(max_position_embeddings=8192))
-
-
 def node(
     st: ProviderStatus, policy: CostPlusPolicy = POLICY, *, name: str = "SmolLM2", version: int = 0
 ) -> Any:
     service = SimpleNamespace(status=lambda: st, policy=policy)
+    engine = SimpleNamespace(max_len=2048)
     serving = SimpleNamespace(
-        service=service, model=MODEL, model_hex="ab" * 32, name=name, version=version
+        service=service, engine=engine, model_hex="ab" * 32, name=name, version=version
     )
     settings = SimpleNamespace(policy=POLICY, offer_ttl_s=30)
-    return SimpleNamespace(serving=serving, service=service, s=settings, max_context=2048)
+    return SimpleNamespace(serving=serving, service=service, s=settings)
 
 
 def test_the_offer_states_the_measured_figures() -> None:
